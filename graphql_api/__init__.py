@@ -1,0 +1,1 @@
+"""The HTTP plane: GraphQL (Strawberry), the REST routes of the service we replace, health."""

@@ -1,0 +1,81 @@
+"""The ASGI application factory of the HTTP plane."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLHTTPResponse
+
+from graphql_api import health, rest
+from graphql_api.body_limit import BodySizeLimit
+from graphql_api.schema import schema
+from models.cache import make_cache, set_cache
+from models.db import start_database, stop_database
+from models.errors import Invalid, WorkflowError
+from models.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
+    """Strawberry's router, answering 400 to requests that never ran (parse or validation errors,
+    limits), as GraphQL over HTTP asks, instead of 200."""
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        if _is_request_error(response_data):
+            sub_response.status_code = 400
+        return super().create_response(response_data, sub_response)
+
+
+def _is_request_error(data: GraphQLHTTPResponse | list[GraphQLHTTPResponse]) -> bool:
+    if not isinstance(data, Mapping) or data.get("data") is not None:
+        return False
+    errors = data.get("errors") or []
+    # Errors raised while executing carry the path of their field; request errors have none.
+    return bool(errors) and all(not error.get("path") for error in errors)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await start_database(settings.database_url)
+        cache = make_cache(settings.redis_url, settings.redis_prefix, settings.cache_ttl_seconds)
+        set_cache(cache)
+        try:
+            yield
+        finally:
+            await cache.close()
+            set_cache(None)
+            await stop_database()
+
+    app = FastAPI(
+        title="Workflow API",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Routes register their trailing-slash twins themselves: answer, never redirect.
+        redirect_slashes=False,
+    )
+    app.include_router(rest.router)
+    app.include_router(health.router)
+    app.include_router(GraphQLHTTPRouter(schema, graphql_ide="graphiql"), prefix="/graphql")
+
+    @app.exception_handler(WorkflowError)
+    async def workflow_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, WorkflowError)
+        detail: Any = exc.errors if isinstance(exc, Invalid) else exc.message
+        return JSONResponse({"detail": detail}, status_code=exc.http_status)
+
+    app.add_middleware(BodySizeLimit)
+    return app

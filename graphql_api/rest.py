@@ -1,0 +1,87 @@
+"""REST routes of the service we replace, kept byte-for-byte: thin adapters over the data layer.
+
+Every route answers with and without its trailing slash (no redirect), as the original did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from graphql_api.rest_shapes import Success, TaskOut, WorkflowOut
+from models import workflows as store
+from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+
+router = APIRouter()
+
+SUCCESS = b'{"success":true}'
+
+
+def _json(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
+
+
+def _route(method: str, path: str, response_model: Any) -> Callable[[Any], Any]:
+    """Register the endpoint at `path` and at `path` with its trailing slash toggled."""
+
+    def register(endpoint: Any) -> Any:
+        twin = path[:-1] if path.endswith("/") else path + "/"
+        router.add_api_route(path, endpoint, methods=[method], response_model=response_model)
+        router.add_api_route(
+            twin,
+            endpoint,
+            methods=[method],
+            response_model=response_model,
+            include_in_schema=False,
+        )
+        return endpoint
+
+    return register
+
+
+@_route("POST", "/workflows/", WorkflowOut)
+async def create_workflow(body: WorkflowCreate) -> Response:
+    return _json(store.dumps(await store.create_workflow(body)))
+
+
+@_route("GET", "/workflows/", list[WorkflowOut])
+async def list_workflows(
+    skip: int = Query(0, ge=0, le=INT32_MAX),
+    limit: int = Query(100, ge=0, le=1000),
+) -> Response:
+    return _json(await store.list_workflows_json(skip, limit))
+
+
+@_route("GET", "/workflows/{workflow_id}", WorkflowOut)
+async def get_workflow(workflow_id: int) -> Response:
+    return _json(await store.get_workflow_json(workflow_id))
+
+
+@_route("PUT", "/workflows/{workflow_id}", WorkflowOut)
+async def update_workflow(workflow_id: int, body: WorkflowUpdate) -> Response:
+    return _json(store.dumps(await store.update_workflow(workflow_id, body)))
+
+
+@_route("DELETE", "/workflows/{workflow_id}", Success)
+async def delete_workflow(workflow_id: int) -> Response:
+    await store.delete_workflow(workflow_id)
+    return _json(SUCCESS)
+
+
+@_route("POST", "/workflows/{workflow_id}/tasks/", TaskOut)
+async def add_task(workflow_id: int, body: TaskCreate) -> Response:
+    return _json(store.dumps(await store.add_task(workflow_id, body)))
+
+
+@_route("PUT", "/workflows/{workflow_id}/tasks/{task_id}", TaskOut)
+async def update_task(workflow_id: int, task_id: int, body: TaskCreate) -> Response:
+    return _json(store.dumps(await store.update_task(workflow_id, task_id, body)))
+
+
+@_route("DELETE", "/workflows/{workflow_id}/tasks/{task_id}", Success)
+async def delete_task(workflow_id: int, task_id: int) -> Response:
+    await store.delete_task(workflow_id, task_id)
+    return _json(SUCCESS)

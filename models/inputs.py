@@ -1,0 +1,99 @@
+"""Validated shapes of what clients send: one definition for REST, GraphQL and the CLI.
+
+Limits are here so that every edge rejects the same inputs with the same message, before any of
+them reaches the database (which would answer a NUL byte or an out-of-range integer with an
+error of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+INT32_MAX = 2**31 - 1
+NAME_MAX = 255
+DESCRIPTION_MAX = 10_000
+# A task's parameters travel with every execution of it: keep them small.
+PARAMETERS_MAX_BYTES = 64 * 1024
+PARAMETERS_MAX_DEPTH = 32
+MAX_TASKS_PER_WORKFLOW = 1_000
+MAX_ATTEMPTS_LIMIT = 100
+TIMEOUT_SECONDS_MAX = 7 * 24 * 3600.0
+ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
+    def walk(node: Any, depth: int) -> None:
+        if depth > PARAMETERS_MAX_DEPTH:
+            raise ValueError(f"must not nest deeper than {PARAMETERS_MAX_DEPTH} levels")
+        if isinstance(node, str):
+            _no_nul(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise ValueError("numbers must be finite")
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                _no_nul(key)
+                walk(item, depth + 1)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+
+    walk(value, 0)
+    if len(json.dumps(value, ensure_ascii=False).encode()) > PARAMETERS_MAX_BYTES:
+        raise ValueError(f"must be at most {PARAMETERS_MAX_BYTES} bytes as JSON")
+    return value
+
+
+def _check_action(value: str) -> str:
+    if not ACTION_NAME.match(value):
+        raise ValueError("must be an action name: a letter, then letters, digits or _ . : -")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(_no_nul)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_no_nul)]
+Parameters = Annotated[dict[str, Any], AfterValidator(_check_parameters)]
+ActionName = Annotated[str, AfterValidator(_check_action)]
+
+
+class _Input(BaseModel):
+    # Pydantic's lax mode, as in the service we replace: "3" is accepted for an int, 3 is not
+    # accepted for a string. Unknown fields are ignored, as they were there.
+    model_config = ConfigDict(extra="ignore")
+
+
+class TaskCreate(_Input):
+    name: Name
+    description: Description | None = None
+    order: int = Field(ge=-INT32_MAX, le=INT32_MAX)
+    execution_type: Literal["sync", "async"] = "sync"
+    parameters: Parameters = Field(default_factory=dict)
+    action: ActionName = "noop"
+    max_attempts: int = Field(default=1, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, le=TIMEOUT_SECONDS_MAX, allow_inf_nan=False
+    )
+
+
+class WorkflowUpdate(_Input):
+    name: Name
+    description: Description | None = None
+
+
+class WorkflowCreate(WorkflowUpdate):
+    tasks: list[TaskCreate] = Field(default_factory=list, max_length=MAX_TASKS_PER_WORKFLOW)
+
+
+class Page(_Input):
+    skip: int = Field(default=0, ge=0, le=INT32_MAX)
+    limit: int = Field(default=100, ge=0, le=1000)

@@ -1,0 +1,35 @@
+"""Process configuration read from the environment (and a `.env` file when present)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from dotenv import load_dotenv
+
+DEFAULT_DATABASE_URL = "sqlite://workflows.sqlite3"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    # None selects the in-process cache (and, later, the in-process event bus).
+    redis_url: str | None = None
+    # Every Redis key we write starts with this, so that test runs and several deployments can
+    # share one Redis without colliding.
+    redis_prefix: str = "wf:"
+    grpc_target: str = "127.0.0.1:50051"
+    # Seconds a cached read may live. Invalidation is explicit; the TTL only bounds what a lost
+    # invalidation (Redis unreachable right after a commit) can cost.
+    cache_ttl_seconds: int = 300
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        load_dotenv(override=False)
+        return cls(
+            database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            redis_prefix=os.environ.get("WORKFLOW_REDIS_PREFIX") or "wf:",
+            grpc_target=os.environ.get("GRPC_TARGET") or "127.0.0.1:50051",
+            cache_ttl_seconds=int(os.environ.get("WORKFLOW_CACHE_TTL") or 300),
+        )

@@ -1,0 +1,114 @@
+"""Tortoise models: workflows and their tasks, executions and their task runs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tortoise import fields
+from tortoise.models import Model
+
+
+class JSONTextField(fields.TextField):
+    """JSON kept as text, so the object a user stored comes back with its keys in their order.
+
+    PostgreSQL's jsonb (Tortoise's JSONField there) reorders keys, which the REST answers of the
+    service we replace did not do.
+    """
+
+    def to_db_value(self, value: Any, instance: Any) -> str | None:  # type: ignore[override]
+        if value is None:
+            return None
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+    def to_python_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+
+class Workflow(Model):
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=255)
+    description = fields.TextField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    tasks: fields.ReverseRelation[Task]
+    executions: fields.ReverseRelation[Execution]
+
+    class Meta:
+        table = "workflows"
+
+
+class Task(Model):
+    id = fields.IntField(primary_key=True)
+    workflow: fields.ForeignKeyRelation[Workflow] = fields.ForeignKeyField(
+        "models.Workflow", related_name="tasks", on_delete=fields.CASCADE
+    )
+    workflow_id: int
+    name = fields.CharField(max_length=255)
+    description = fields.TextField(null=True)
+    order = fields.IntField()
+    execution_type = fields.CharField(max_length=8, default="sync")
+    parameters = JSONTextField(default="{}")
+    action = fields.CharField(max_length=100, default="noop")
+    max_attempts = fields.IntField(default=1)
+    timeout_seconds = fields.FloatField(null=True)
+
+    class Meta:
+        table = "tasks"
+        indexes = (("workflow_id", "order"),)
+
+
+class Execution(Model):
+    """One run of a workflow. Filled in by the execution plane."""
+
+    id = fields.IntField(primary_key=True)
+    workflow: fields.ForeignKeyRelation[Workflow] = fields.ForeignKeyField(
+        "models.Workflow", related_name="executions", on_delete=fields.CASCADE
+    )
+    workflow_id: int
+    status = fields.CharField(max_length=16, default="pending")
+    idempotency_key = fields.CharField(max_length=255, null=True)
+    error = fields.TextField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    started_at = fields.DatetimeField(null=True)
+    completed_at = fields.DatetimeField(null=True)
+    # The lease: which process runs this execution, and until when it may without renewing.
+    lease_owner = fields.CharField(max_length=64, null=True)
+    lease_expires_at = fields.DatetimeField(null=True)
+
+    task_runs: fields.ReverseRelation[TaskRun]
+
+    class Meta:
+        table = "executions"
+        unique_together = (("workflow_id", "idempotency_key"),)
+
+
+class TaskRun(Model):
+    """A task as snapshotted when its execution started, and how running it went."""
+
+    id = fields.IntField(primary_key=True)
+    execution: fields.ForeignKeyRelation[Execution] = fields.ForeignKeyField(
+        "models.Execution", related_name="task_runs", on_delete=fields.CASCADE
+    )
+    execution_id: int
+    task_id = fields.IntField()
+    name = fields.CharField(max_length=255)
+    order = fields.IntField()
+    execution_type = fields.CharField(max_length=8)
+    action = fields.CharField(max_length=100)
+    parameters = JSONTextField(default="{}")
+    max_attempts = fields.IntField(default=1)
+    timeout_seconds = fields.FloatField(null=True)
+    status = fields.CharField(max_length=16, default="pending")
+    attempts = fields.IntField(default=0)
+    started_at = fields.DatetimeField(null=True)
+    completed_at = fields.DatetimeField(null=True)
+    output = JSONTextField(null=True)
+    error = fields.TextField(null=True)
+
+    class Meta:
+        table = "task_runs"
+        unique_together = (("execution_id", "task_id"),)

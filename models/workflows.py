@@ -1,0 +1,215 @@
+"""Reads and writes of workflows and their tasks, the functions both planes call.
+
+Reads return the REST shape of contract section 2 (snake_case keys in the original service's
+order, ISO 8601 timestamps) as JSON bytes, cached; `*_dict` variants parse them for callers that
+want objects. Writes commit in one transaction, then invalidate the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from tortoise.transactions import in_transaction
+
+from models.cache import current_cache
+from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, NotFound
+from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.tables import Task, Workflow
+
+# Cache groups: one per workflow, one for every page of the list.
+LIST_GROUP = "workflows"
+
+
+def workflow_group(workflow_id: int) -> str:
+    return f"workflow:{workflow_id}"
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 as pydantic writes it, which is what the service we replace answered."""
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def dumps(value: Any) -> bytes:
+    """JSON exactly as FastAPI's JSONResponse renders it (compact, UTF-8, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def task_dict(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "description": task.description,
+        "order": task.order,
+        "execution_type": task.execution_type,
+        "parameters": task.parameters,
+        "action": task.action,
+        "max_attempts": task.max_attempts,
+        "timeout_seconds": task.timeout_seconds,
+        "id": task.id,
+        "workflow_id": task.workflow_id,
+    }
+
+
+def workflow_dict(workflow: Workflow, tasks: list[Task]) -> dict[str, Any]:
+    return {
+        "name": workflow.name,
+        "description": workflow.description,
+        "id": workflow.id,
+        "created_at": iso(workflow.created_at),
+        "updated_at": iso(workflow.updated_at),
+        "tasks": [task_dict(task) for task in tasks],
+    }
+
+
+def _valid_id(value: int) -> bool:
+    # Ids are int32 on every plane (the gRPC messages say so); anything else cannot exist, and
+    # PostgreSQL would answer it with an out-of-range error rather than "no rows".
+    return 1 <= value <= INT32_MAX
+
+
+async def _load_workflows(workflows: list[Workflow]) -> list[dict[str, Any]]:
+    """Workflows with their tasks, in two queries whatever their number."""
+    by_workflow: dict[int, list[Task]] = {workflow.id: [] for workflow in workflows}
+    if workflows:
+        tasks = await Task.filter(workflow_id__in=list(by_workflow)).order_by("order", "id")
+        for task in tasks:
+            by_workflow[task.workflow_id].append(task)
+    return [workflow_dict(workflow, by_workflow[workflow.id]) for workflow in workflows]
+
+
+async def _load_workflow_json(workflow_id: int) -> bytes:
+    workflow = await Workflow.get_or_none(id=workflow_id)
+    if workflow is None:
+        # Absence is cached too, as JSON null: a later create gets a new id, and a delete bumps
+        # the token, so "null" can never hide a workflow that exists.
+        return b"null"
+    return dumps((await _load_workflows([workflow]))[0])
+
+
+async def get_workflow_json(workflow_id: int) -> bytes:
+    """The workflow's REST JSON. Raises NotFound."""
+    if not _valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    body = await current_cache().read(
+        workflow_group(workflow_id), "", lambda: _load_workflow_json(workflow_id)
+    )
+    if body == b"null":
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    return body
+
+
+async def get_workflow(workflow_id: int) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(await get_workflow_json(workflow_id))
+    return result
+
+
+async def find_workflow(workflow_id: int) -> dict[str, Any] | None:
+    try:
+        return await get_workflow(workflow_id)
+    except NotFound:
+        return None
+
+
+async def _load_page_json(skip: int, limit: int) -> bytes:
+    workflows = await Workflow.all().order_by("id").offset(skip).limit(limit)
+    return dumps(await _load_workflows(list(workflows)))
+
+
+async def list_workflows_json(skip: int, limit: int) -> bytes:
+    """A page of workflows ordered by id, as REST JSON."""
+    if limit == 0:
+        return b"[]"
+    return await current_cache().read(
+        LIST_GROUP, f"{skip}:{limit}", lambda: _load_page_json(skip, limit)
+    )
+
+
+async def list_workflows(skip: int, limit: int) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = json.loads(await list_workflows_json(skip, limit))
+    return result
+
+
+async def _invalidate(workflow_id: int) -> None:
+    await current_cache().invalidate(workflow_group(workflow_id), LIST_GROUP)
+
+
+def _task_fields(data: TaskCreate) -> dict[str, Any]:
+    return data.model_dump()
+
+
+async def create_workflow(data: WorkflowCreate) -> dict[str, Any]:
+    async with in_transaction():
+        workflow = await Workflow.create(name=data.name, description=data.description)
+        for task in data.tasks:
+            await Task.create(workflow_id=workflow.id, **_task_fields(task))
+    await _invalidate(workflow.id)
+    return await get_workflow(workflow.id)
+
+
+async def update_workflow(
+    workflow_id: int, data: WorkflowUpdate, tasks: list[TaskCreate] | None = None
+) -> dict[str, Any]:
+    """Set name and description; with `tasks`, replace the task list too, in one transaction."""
+    if not _valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    async with in_transaction():
+        workflow = await Workflow.get_or_none(id=workflow_id).select_for_update()
+        if workflow is None:
+            raise NotFound(WORKFLOW_NOT_FOUND)
+        workflow.name = data.name
+        workflow.description = data.description
+        await workflow.save()
+        if tasks is not None:
+            await Task.filter(workflow_id=workflow_id).delete()
+            for task in tasks:
+                await Task.create(workflow_id=workflow_id, **_task_fields(task))
+    await _invalidate(workflow_id)
+    return await get_workflow(workflow_id)
+
+
+async def delete_workflow(workflow_id: int) -> None:
+    """Delete the workflow with its tasks and executions. Raises NotFound."""
+    if not _valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    async with in_transaction():
+        deleted = await Workflow.filter(id=workflow_id).delete()
+    if not deleted:
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    await _invalidate(workflow_id)
+
+
+async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
+    if not _valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    async with in_transaction():
+        if not await Workflow.filter(id=workflow_id).exists():
+            raise NotFound(WORKFLOW_NOT_FOUND)
+        task = await Task.create(workflow_id=workflow_id, **_task_fields(data))
+    await _invalidate(workflow_id)
+    return task_dict(task)
+
+
+async def update_task(workflow_id: int, task_id: int, data: TaskCreate) -> dict[str, Any]:
+    if not (_valid_id(workflow_id) and _valid_id(task_id)):
+        raise NotFound(TASK_NOT_FOUND)
+    async with in_transaction():
+        task = await Task.get_or_none(id=task_id, workflow_id=workflow_id).select_for_update()
+        if task is None:
+            raise NotFound(TASK_NOT_FOUND)
+        task.update_from_dict(_task_fields(data))
+        await task.save()
+    await _invalidate(workflow_id)
+    return task_dict(task)
+
+
+async def delete_task(workflow_id: int, task_id: int) -> None:
+    if not (_valid_id(workflow_id) and _valid_id(task_id)):
+        raise NotFound(TASK_NOT_FOUND)
+    async with in_transaction():
+        deleted = await Task.filter(id=task_id, workflow_id=workflow_id).delete()
+    if not deleted:
+        raise NotFound(TASK_NOT_FOUND)
+    await _invalidate(workflow_id)
