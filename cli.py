@@ -135,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args.handler(args)
     except ApiError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        # On stdout, as the original CLI printed it: scripts parse it there.
+        print(f"Error: {exc}")
         sys.exit(1)
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,13 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
     """Strawberry's router, answering 400 to requests that never ran (parse or validation errors,
     limits), as GraphQL over HTTP asks, instead of 200."""
 
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return json.loads(data)
+        except (RecursionError, UnicodeDecodeError):
+            # Nested deeper than the parser's stack, or not UTF-8: malformed, not a crash.
+            raise json.JSONDecodeError("not parseable JSON", "", 0) from None
+
     def create_response(
         self,
         response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
@@ -40,7 +48,7 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
 def _is_request_error(data: GraphQLHTTPResponse | list[GraphQLHTTPResponse]) -> bool:
     if not isinstance(data, Mapping) or data.get("data") is not None:
         return False
-    errors = data.get("errors") or []
+    errors = cast(list[Mapping[str, Any]], data.get("errors") or [])
     # Errors raised while executing carry the path of their field; request errors have none.
     return bool(errors) and all(not error.get("path") for error in errors)
 

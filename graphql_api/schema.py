@@ -38,13 +38,13 @@ def _page(skip: int, limit: int) -> Page:
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="A page of workflows, ordered by id.")
+    @strawberry.field
     async def workflows(self, skip: int = 0, limit: int = 100) -> list[Workflow]:
         page = _page(skip, limit)
         rows = await store.list_workflows(page.skip, page.limit)
         return [Workflow.from_dict(row) for row in rows]
 
-    @strawberry.field(description="One workflow, or null when there is none with this id.")
+    @strawberry.field
     async def workflow(self, id: strawberry.ID) -> Workflow | None:
         row = await store.find_workflow(parse_id(id))
         return Workflow.from_dict(row) if row is not None else None

@@ -113,6 +113,27 @@ class MemoryBackend:
         self._data.clear()
 
 
+class NullBackend:
+    """No caching at all (`WORKFLOW_CACHE_TTL=0`): every read goes to the database."""
+
+    name = "none"
+
+    async def get_versioned(self, group: str, variant: str) -> tuple[str, bytes | None]:
+        return "", None
+
+    async def set(self, group: str, token: str, variant: str, value: bytes) -> None:
+        return None
+
+    async def bump(self, groups: tuple[str, ...]) -> None:
+        return None
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 class RedisBackend:
     name = "redis"
 
@@ -235,7 +256,9 @@ class Cache:
 
 
 def make_cache(redis_url: str | None, prefix: str, ttl_seconds: int) -> Cache:
-    """Redis when a URL is configured, in-process otherwise."""
+    """Redis when a URL is configured, in-process otherwise; none with a TTL of 0."""
+    if ttl_seconds <= 0:
+        return Cache(NullBackend())
     if redis_url:
         return Cache(RedisBackend(redis_url, prefix, ttl_seconds))
     return Cache(MemoryBackend(ttl_seconds))

@@ -16,7 +16,7 @@ class JSONTextField(fields.TextField):
     service we replace did not do.
     """
 
-    def to_db_value(self, value: Any, instance: Any) -> str | None:  # type: ignore[override]
+    def to_db_value(self, value: Any, instance: Any) -> str | None:
         if value is None:
             return None
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -156,11 +156,10 @@ async def update_workflow(
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
     async with in_transaction():
-        workflow = await Workflow.get_or_none(id=workflow_id).select_for_update()
+        workflow = await Workflow.filter(id=workflow_id).select_for_update().first()
         if workflow is None:
             raise NotFound(WORKFLOW_NOT_FOUND)
-        workflow.name = data.name
-        workflow.description = data.description
+        workflow.update_from_dict(data.model_dump())
         await workflow.save()
         if tasks is not None:
             await Task.filter(workflow_id=workflow_id).delete()
@@ -196,7 +195,7 @@ async def update_task(workflow_id: int, task_id: int, data: TaskCreate) -> dict[
     if not (_valid_id(workflow_id) and _valid_id(task_id)):
         raise NotFound(TASK_NOT_FOUND)
     async with in_transaction():
-        task = await Task.get_or_none(id=task_id, workflow_id=workflow_id).select_for_update()
+        task = await Task.filter(id=task_id, workflow_id=workflow_id).select_for_update().first()
         if task is None:
             raise NotFound(TASK_NOT_FOUND)
         task.update_from_dict(_task_fields(data))

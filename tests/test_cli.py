@@ -1,0 +1,111 @@
+"""The CLI of contract section 6 against a real server process, with the original's output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live_server import REPO, LiveServer, free_port, live_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    path = tmp_path_factory.mktemp("cli") / "cli.sqlite3"
+    with live_server(f"sqlite://{path}") as running:
+        yield running
+
+
+def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REST_API_URL": url}
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_create_get_list_add_task(server: LiveServer) -> None:
+    created = run_cli(server.url, "create", "nightly", "--description", "etl")
+    assert created.returncode == 0, created.stderr
+    workflow = json.loads(created.stdout)
+    assert created.stdout.startswith('{\n  "name": "nightly"')  # indented JSON
+    assert workflow["description"] == "etl"
+
+    added = run_cli(
+        server.url,
+        "add-task",
+        str(workflow["id"]),
+        "extract",
+        "--order",
+        "1",
+        "--type",
+        "async",
+        "--params",
+        '{"duration": 0.1}',
+        "--description",
+        "pull",
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    task = json.loads(added.stdout)
+    assert (task["execution_type"], task["parameters"]) == ("async", {"duration": 0.1})
+
+    shown = json.loads(run_cli(server.url, "get", str(workflow["id"])).stdout)
+    assert shown["tasks"] == [task]
+
+    for n in range(6):
+        run_cli(server.url, "create", f"more{n}")
+    listed = json.loads(run_cli(server.url, "list").stdout)
+    assert len(listed) == 5  # the original's default limit
+    assert listed[0]["id"] == workflow["id"]
+    page = json.loads(run_cli(server.url, "list", "--skip", "1", "--limit", "2").stdout)
+    assert [row["id"] for row in page] == [row["id"] for row in listed[1:3]]
+
+
+def test_api_errors_print_the_original_message_and_exit_1(server: LiveServer) -> None:
+    missing = run_cli(server.url, "get", "2147483000")
+    assert missing.returncode == 1
+    assert missing.stdout.strip() == "Error: API Error (404): Workflow not found"
+
+    bad = run_cli(server.url, "add-task", "1", "t", "--order", "1", "--params", "{nope")
+    assert bad.returncode == 1
+    assert bad.stdout.startswith("Error: ")
+
+
+def test_validation_errors_are_reported(server: LiveServer) -> None:
+    result = run_cli(server.url, "create", "x" * 300)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Error: API Error (422): ")
+    assert "255" in result.stdout
+
+
+def test_unreachable_server() -> None:
+    result = run_cli(f"http://127.0.0.1:{free_port()}", "list")
+    assert result.returncode == 1
+    assert result.stdout.startswith("Error: ")
+
+
+def test_no_command_prints_help() -> None:
+    result = run_cli(
+        "http://127.0.0.1:1",
+    )
+    assert result.returncode == 0
+    for command in ("serve", "api", "create", "list", "get", "add-task"):
+        assert command in result.stdout
+
+
+def test_the_workflow_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "workflow"
+    result = subprocess.run(
+        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0
+    assert "add-task" in result.stdout
