@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 START_DEADLINE_SECONDS = 30.0
+STOP_DEADLINE_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -29,46 +31,55 @@ def free_port() -> int:
 class LiveServer:
     url: str
     process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 @contextmanager
 def live_server(database_url: str, env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
     """`workflow serve` on a free port with this database; no Redis unless `env` sets it."""
     port = free_port()
-    environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RAY_ADDRESS")}
-    environment.update({"DATABASE_URL": database_url, **(env or {})})
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "cli.py"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # Empty rather than absent, so that a `.env` file in the checkout cannot bring Redis back.
+    environment.update({"DATABASE_URL": database_url, "REDIS_URL": "", "PYTHONUNBUFFERED": "1"})
+    environment.update(env or {})
+    workdir = Path(tempfile.mkdtemp(prefix="live-server-"))
+    log_path = workdir / "server.log"
+    command = [sys.executable, str(REPO / "cli.py"), "serve", "--host", "127.0.0.1"]
+    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=workdir,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
     try:
-        _wait_healthy(url, process)
-        yield LiveServer(url=url, process=process)
+        _wait_healthy(server)
+        yield server
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=STOP_DEADLINE_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+def _wait_healthy(server: LiveServer) -> None:
     deadline = time.monotonic() + START_DEADLINE_SECONDS
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stderr.read().decode() if process.stderr else ""
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            response = httpx.get(f"{server.url}/healthz", timeout=1, trust_env=False)
+            if response.status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.05)
-    raise TimeoutError(f"server at {url} not healthy after {START_DEADLINE_SECONDS}s")
+        time.sleep(0.05)  # poll interval while the server boots
+    raise TimeoutError(f"not healthy after {START_DEADLINE_SECONDS}s:\n{server.log()}")
