@@ -1,0 +1,42 @@
+# One image for every role: the command picks it (`api`, `serve`, and later `grpc`, `worker`).
+# Checked by tests/test_containers.py, which parses this file: Docker does not run where the
+# tests run.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The runtime user exists before anything is installed, so no later layer depends on root.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home app
+
+WORKDIR /app
+
+# Only what `pip install .` reads: pyproject.toml (with README.md, its `readme`) and the
+# packages and module it lists. Tests, benchmarks and the Bruno collection stay out.
+COPY pyproject.toml README.md ./
+COPY models/ models/
+COPY graphql_api/ graphql_api/
+COPY exec_service/ exec_service/
+COPY protos/ protos/
+COPY cli.py ./
+
+# A regular (not editable) install: the `workflow` script runs the installed packages.
+# /app stays root-owned except for the directory itself, which `app` may write: the default
+# DATABASE_URL is a SQLite file in the working directory.
+RUN pip install --no-cache-dir . \
+    && chown app:app /app
+
+USER app
+
+# 8000: HTTP API (GraphQL, REST, health). 50051: gRPC execution service.
+EXPOSE 8000 50051
+
+# The HTTP roles' readiness (database and Redis answer). The slim image has no curl, so Python
+# asks; urlopen raises on a 503. Roles without HTTP (grpc, worker) override this in compose.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+
+ENTRYPOINT ["workflow"]
+CMD ["api", "--host", "0.0.0.0", "--port", "8000"]
