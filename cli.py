@@ -10,18 +10,21 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
 
+from exec_service.executors import EXECUTORS
+
 DEFAULT_REST_API_URL = "http://localhost:8000"
+DEFAULT_GRPC_API_URL = "localhost:50051"
 # Seconds the CLI waits for the API before it gives up.
 REQUEST_TIMEOUT = 30.0
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: Any) -> None:
+    def __init__(self, status: int | str, detail: Any) -> None:
         super().__init__(f"API Error ({status}): {detail}")
 
 
@@ -50,14 +53,114 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _serve_http(args: argparse.Namespace) -> None:
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    """HTTP API, and with `serve` the execution service too, in one process."""
     import uvicorn
 
-    from graphql_api.app import create_app
+    from graphql_api.app import EmbeddedExecution, create_app
     from models.settings import Settings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(create_app(Settings.from_env()), host=args.host, port=args.port, log_level="info")
+    _logging()
+    embedded = None
+    if args.command == "serve":
+        embedded = EmbeddedExecution(executor=args.executor, host=args.host, port=args.grpc_port)
+    app = create_app(Settings.from_env(), embedded)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+
+
+def _grpc(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from exec_service.standalone import run_execution_service
+    from models.settings import Settings
+
+    _logging()
+    asyncio.run(run_execution_service(Settings.from_env(), "asyncio", args.host, args.port))
+
+
+def _grpc_target() -> str:
+    return os.environ.get("GRPC_API_URL") or DEFAULT_GRPC_API_URL
+
+
+def _grpc_call(call: Callable[[Any], Any]) -> Any:
+    """Run `call(stub)` against the execution service; gRPC errors become ApiError."""
+    import grpc
+
+    from protos import execution_pb2_grpc
+
+    with grpc.insecure_channel(_grpc_target()) as channel:
+        try:
+            return call(execution_pb2_grpc.WorkflowExecutionStub(channel))
+        except grpc.RpcError as error:
+            code = error.code().name if hasattr(error, "code") else "UNKNOWN"
+            detail = error.details() if hasattr(error, "details") else str(error)
+            raise ApiError(code, detail) from None
+
+
+def _execute(args: argparse.Namespace) -> None:
+    from protos import execution_pb2
+
+    request = execution_pb2.ExecuteWorkflowRequest(workflow_id=args.workflow_id)
+    response = _grpc_call(lambda stub: stub.ExecuteWorkflow(request, timeout=REQUEST_TIMEOUT))
+    print(f"Execution started with ID: {response.execution_id}")
+    print(f"Status: {response.status}")
+
+
+def _status(args: argparse.Namespace) -> None:
+    from protos import execution_pb2
+
+    request = execution_pb2.GetWorkflowStatusRequest(execution_id=args.execution_id)
+    response = _grpc_call(lambda stub: stub.GetWorkflowStatus(request, timeout=REQUEST_TIMEOUT))
+    print(f"Execution ID: {response.execution_id}")
+    print(f"Workflow ID: {response.workflow_id}")
+    print(f"Status: {response.status}")
+    print(f"Started at: {response.started_at}")
+    if response.completed_at:
+        print(f"Completed at: {response.completed_at}")
+
+
+def _progress_table(response: Any) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"Execution {response.execution_id}: {response.status}")
+    for column in ("order", "task", "status", "attempts", "error"):
+        table.add_column(column)
+    for task in response.tasks:
+        table.add_row(str(task.order), task.name, task.status, str(task.attempts), task.error)
+    return table
+
+
+def _follow(stub: Any, execution_id: int) -> str:
+    """Show the execution's progress until it ends; return its final status."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from protos import execution_pb2
+
+    stream = stub.WatchExecution(execution_pb2.GetWorkflowStatusRequest(execution_id=execution_id))
+    console = Console()
+    final = ""
+    if console.is_terminal:
+        with Live(console=console, auto_refresh=False) as live:
+            for response in stream:
+                live.update(_progress_table(response), refresh=True)
+                final = response.status
+    else:  # a pipe or a file: one line per change, for scripts and logs
+        for response in stream:
+            tasks = ", ".join(f"{task.name}={task.status}" for task in response.tasks)
+            print(f"Status: {response.status}" + (f" | {tasks}" if tasks else ""), flush=True)
+            final = response.status
+    return final
+
+
+def _watch(args: argparse.Namespace) -> None:
+    final = _grpc_call(lambda stub: _follow(stub, args.execution_id))
+    if final != "completed":
+        sys.exit(1)
 
 
 def _create(args: argparse.Namespace) -> None:
@@ -92,14 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workflow", description="Workflow automation backend.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    for name, help_text in (
-        ("serve", "run the HTTP API (GraphQL, REST, GraphiQL, health) in one process"),
-        ("api", "run the HTTP API alone"),
-    ):
-        server = commands.add_parser(name, help=help_text)
-        server.add_argument("--host", default="127.0.0.1")
-        server.add_argument("--port", type=int, default=8000)
-        server.set_defaults(handler=_serve_http)
+    serve = commands.add_parser(
+        "serve", help="run everything in one process: HTTP API, execution service, executor"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=50051)
+    serve.add_argument("--executor", choices=EXECUTORS, default="asyncio")
+    serve.set_defaults(handler=_serve)
+
+    api = commands.add_parser("api", help="run the HTTP API alone (GraphQL, REST, health)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(handler=_serve)
+
+    grpc_server = commands.add_parser("grpc", help="run the gRPC execution service alone")
+    grpc_server.add_argument("--host", default="127.0.0.1")
+    grpc_server.add_argument("--port", type=int, default=50051)
+    grpc_server.set_defaults(handler=_grpc)
 
     create = commands.add_parser("create", help="create a workflow")
     create.add_argument("name")
@@ -123,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.add_argument("--type", choices=["sync", "async"], default="sync")
     add_task.add_argument("--params", default="{}", help="task parameters as a JSON object")
     add_task.set_defaults(handler=_add_task)
+
+    execute = commands.add_parser("execute", help="start an execution of a workflow")
+    execute.add_argument("workflow_id", type=int)
+    execute.set_defaults(handler=_execute)
+
+    status = commands.add_parser("status", help="show an execution's status")
+    status.add_argument("execution_id", type=int)
+    status.set_defaults(handler=_status)
+
+    watch = commands.add_parser(
+        "watch", help="follow an execution live; exit 0 only if it completed"
+    )
+    watch.add_argument("execution_id", type=int)
+    watch.set_defaults(handler=_watch)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The execution plane: gRPC servicer, engine, executors, actions, event bus, leases."""

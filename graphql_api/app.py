@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -13,8 +14,11 @@ from fastapi.responses import JSONResponse, Response
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
 
+from exec_service.server import ExecutionService
 from graphql_api import health, rest
 from graphql_api.body_limit import BodySizeLimit
+from graphql_api.exec_client import ExecutionClient
+from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
@@ -53,20 +57,53 @@ def _is_request_error(data: GraphQLHTTPResponse | list[GraphQLHTTPResponse]) -> 
     return bool(errors) and all(not error.get("path") for error in errors)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+@dataclass(frozen=True)
+class EmbeddedExecution:
+    """Run the execution service inside the API process (`workflow serve`)."""
+
+    executor: str = "asyncio"
+    host: str = "127.0.0.1"
+    port: int = 50051
+
+
+def create_app(
+    settings: Settings | None = None, embedded: EmbeddedExecution | None = None
+) -> FastAPI:
+    """The HTTP API; with `embedded`, the execution service too, in the same process."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await start_database(settings.database_url)
         cache = make_cache(settings.redis_url, settings.redis_prefix, settings.cache_ttl_seconds)
         set_cache(cache)
+        service: ExecutionService | None = None
+        target = settings.grpc_target
         try:
+            if embedded is not None:
+                service = ExecutionService(
+                    settings, embedded.executor, embedded.host, embedded.port
+                )
+                await service.start()
+                target = f"127.0.0.1:{service.port}"
+            app.state.exec_client = ExecutionClient(target)
+            app.state.exec_service = service
             yield
         finally:
+            # Here, not after uvicorn returns: uvicorn re-raises SIGTERM once serve() ends,
+            # so code after it never runs.
+            if service is not None:
+                await service.stop()
+            await app.state.exec_client.close()
             await cache.close()
             set_cache(None)
             await stop_database()
+
+    async def graphql_context(request: Request) -> dict[str, Any]:
+        return {
+            "executions_loader": executions_loader(),
+            "exec_client": request.app.state.exec_client,
+        }
 
     app = FastAPI(
         title="Workflow API",
@@ -77,7 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(rest.router)
     app.include_router(health.router)
-    app.include_router(GraphQLHTTPRouter(schema, graphql_ide="graphiql"), prefix="/graphql")
+    app.include_router(
+        GraphQLHTTPRouter(schema, graphql_ide="graphiql", context_getter=graphql_context),
+        prefix="/graphql",
+    )
 
     @app.exception_handler(WorkflowError)
     async def workflow_error(_: Request, exc: Exception) -> JSONResponse:

@@ -8,11 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
-from graphql_api.rest_shapes import Success, TaskOut, WorkflowOut
+from graphql_api.exec_client import ExecutionClient
+from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
+from models import executions as execution_store
 from models import workflows as store
+from models.errors import WORKFLOW_NOT_FOUND, Invalid, NotFound
+from models.executions import IDEMPOTENCY_KEY_MAX
 from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
 
 router = APIRouter()
@@ -85,3 +90,52 @@ async def update_task(workflow_id: int, task_id: int, body: TaskCreate) -> Respo
 async def delete_task(workflow_id: int, task_id: int) -> Response:
     await store.delete_task(workflow_id, task_id)
     return _json(SUCCESS)
+
+
+class ExecuteBody(BaseModel):
+    idempotency_key: str | None = Field(default=None, max_length=IDEMPOTENCY_KEY_MAX)
+
+
+def _execution_client(request: Request) -> ExecutionClient:
+    client: ExecutionClient = request.app.state.exec_client
+    return client
+
+
+@_route("POST", "/workflows/{workflow_id}/execute", ExecutionOut)
+async def execute_workflow(
+    workflow_id: int, request: Request, body: ExecuteBody | None = None
+) -> Response:
+    key = body.idempotency_key if body is not None else None
+    if key is not None and "\x00" in key:
+        raise Invalid(
+            "idempotency_key must not contain NUL",
+            [
+                {
+                    "loc": ["body", "idempotency_key"],
+                    "msg": "must not contain NUL characters",
+                    "type": "value_error",
+                }
+            ],
+        )
+    if not execution_store.valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    execution_id = await _execution_client(request).execute(workflow_id, key)
+    snapshot = await execution_store.get_execution(execution_id)
+    return _json(store.dumps(execution_store.public(snapshot)))
+
+
+@_route("GET", "/executions/{execution_id}", ExecutionOut)
+async def get_execution(execution_id: int) -> Response:
+    snapshot = await execution_store.get_execution(execution_id)
+    return _json(store.dumps(execution_store.public(snapshot)))
+
+
+@_route("GET", "/workflows/{workflow_id}/executions", list[ExecutionOut])
+async def list_workflow_executions(
+    workflow_id: int,
+    skip: int = Query(0, ge=0, le=INT32_MAX),
+    limit: int = Query(100, ge=0, le=1000),
+) -> Response:
+    await store.get_workflow_json(workflow_id)  # 404 for a workflow that does not exist
+    rows = await execution_store.list_executions(workflow_id, skip, limit)
+    return _json(store.dumps([execution_store.public(row) for row in rows]))

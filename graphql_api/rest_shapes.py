@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -23,3 +24,25 @@ class WorkflowOut(WorkflowUpdate):
 
 class Success(BaseModel):
     success: bool
+
+
+class TaskRunOut(BaseModel):
+    task_id: int
+    name: str
+    order: int
+    status: str
+    attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    output: dict[str, Any] | None
+    error: str | None
+
+
+class ExecutionOut(BaseModel):
+    id: int
+    workflow_id: int
+    status: str
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    tasks: list[TaskRunOut]

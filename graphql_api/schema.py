@@ -1,8 +1,11 @@
-"""The GraphQL schema: queries and mutations over the data layer, with request limits."""
+"""The GraphQL schema: queries, mutations and subscriptions, with request limits."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -14,40 +17,72 @@ from strawberry.extensions import (
 )
 from strawberry.types import ExecutionContext
 
+from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
-from graphql_api.types import Task, TaskInput, Workflow, WorkflowInput
+from graphql_api.types import (
+    Execution,
+    ExecutionEvent,
+    ExecutionStatus,
+    Task,
+    TaskInput,
+    TaskRunStatus,
+    Workflow,
+    WorkflowInput,
+    checked_page,
+)
+from models import executions as execution_store
 from models import workflows as store
 from models.errors import Invalid, WorkflowError
-from models.inputs import Page
+from models.executions import IDEMPOTENCY_KEY_MAX
 
 log = logging.getLogger(__name__)
 
-# Request limits. A legitimate query of this schema nests about 5 deep (workflows, tasks, and in
-# time executions, task runs); aliases beyond a few dozen only serve to multiply work.
+# Request limits. A legitimate query of this schema nests about 5 deep (workflows, executions,
+# task runs); aliases beyond a few dozen only serve to multiply work.
 MAX_DEPTH = 10
 MAX_ALIASES = 30
 MAX_TOKENS = 2_000
 
 
-def _page(skip: int, limit: int) -> Page:
-    try:
-        return Page(skip=skip, limit=limit)
-    except ValueError:
-        raise Invalid("Invalid input: skip must be >= 0 and limit between 0 and 1000") from None
+def _client(info: strawberry.Info) -> ExecutionClient:
+    client: ExecutionClient = info.context["exec_client"]
+    return client
+
+
+def _idempotency_key(value: str | None) -> str | None:
+    if value is not None and (len(value) > IDEMPOTENCY_KEY_MAX or "\x00" in value):
+        raise Invalid(
+            f"Invalid input: idempotencyKey: at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
+        )
+    return value or None
 
 
 @strawberry.type
 class Query:
-    @strawberry.field
+    @strawberry.field(description="A page of workflows, ordered by id.")
     async def workflows(self, skip: int = 0, limit: int = 100) -> list[Workflow]:
-        page = _page(skip, limit)
+        page = checked_page(skip, limit)
         rows = await store.list_workflows(page.skip, page.limit)
         return [Workflow.from_dict(row) for row in rows]
 
-    @strawberry.field
+    @strawberry.field(description="One workflow, or null when there is none with this id.")
     async def workflow(self, id: strawberry.ID) -> Workflow | None:
         row = await store.find_workflow(parse_id(id))
         return Workflow.from_dict(row) if row is not None else None
+
+    @strawberry.field(description="One execution, or null when there is none with this id.")
+    async def execution(self, id: strawberry.ID) -> Execution | None:
+        row = await execution_store.find_execution(parse_id(id))
+        return Execution.from_dict(row) if row is not None else None
+
+    @strawberry.field(description="Executions, newest first; of one workflow when given.")
+    async def executions(
+        self, workflow_id: strawberry.ID | None = None, skip: int = 0, limit: int = 100
+    ) -> list[Execution]:
+        page = checked_page(skip, limit)
+        workflow = parse_id(workflow_id, "workflowId") if workflow_id is not None else None
+        rows = await execution_store.list_executions(workflow, page.skip, page.limit)
+        return [Execution.from_dict(row) for row in rows]
 
 
 @strawberry.type
@@ -85,6 +120,57 @@ class Mutation:
         await store.delete_task(parse_id(workflow_id, "workflowId"), parse_id(task_id, "taskId"))
         return True
 
+    @strawberry.mutation(description="Start an execution (or return the one with this key).")
+    async def execute_workflow(
+        self, info: strawberry.Info, workflow_id: strawberry.ID, idempotency_key: str | None = None
+    ) -> Execution:
+        workflow = parse_id(workflow_id, "workflowId")
+        key = _idempotency_key(idempotency_key)
+        execution_id = await _client(info).execute(workflow, key)
+        return Execution.from_dict(await execution_store.get_execution(execution_id))
+
+    @strawberry.mutation(description="Stop the execution's running tasks and mark it cancelled.")
+    async def cancel_execution(self, info: strawberry.Info, id: strawberry.ID) -> Execution:
+        return Execution.from_dict(await _client(info).cancel(parse_id(id)))
+
+
+def _changed_task(
+    before: dict[str, Any] | None, after: dict[str, Any]
+) -> tuple[str | None, str | None]:
+    """The first task run whose status or attempts differ between two snapshots."""
+    if before is None:
+        return None, None
+    previous = {run["task_id"]: run for run in before["tasks"]}
+    for run in after["tasks"]:
+        old = previous.get(run["task_id"])
+        if old is None or (old["status"], old["attempts"]) != (run["status"], run["attempts"]):
+            return str(run["task_id"]), run["status"]
+    return None, None
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="The execution's current state, then every change; completes after the "
+        "terminal event."
+    )
+    async def execution_events(
+        self, info: strawberry.Info, execution_id: strawberry.ID
+    ) -> AsyncGenerator[ExecutionEvent, None]:
+        identifier = parse_id(execution_id, "executionId")
+        previous: dict[str, Any] | None = None
+        async for snapshot in _client(info).watch(identifier):
+            task_id, task_status = _changed_task(previous, snapshot)
+            previous = snapshot
+            yield ExecutionEvent(
+                execution_id=strawberry.ID(str(identifier)),
+                status=ExecutionStatus(snapshot["status"]),
+                task_id=strawberry.ID(task_id) if task_id is not None else None,
+                task_status=TaskRunStatus(task_status) if task_status is not None else None,
+                at=datetime.now(UTC),
+                execution=Execution.from_dict(snapshot),
+            )
+
 
 def should_mask_error(error: GraphQLError) -> bool:
     """Mask what we did not raise on purpose; log it with its stack before it is masked."""
@@ -107,6 +193,7 @@ class Schema(strawberry.Schema):
 schema = Schema(
     query=Query,
     mutation=Mutation,
+    subscription=Subscription,
     extensions=[
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),

@@ -9,6 +9,16 @@ from typing import Any
 import strawberry
 from strawberry.scalars import JSON
 
+from models.errors import Invalid
+from models.inputs import Page
+
+
+def checked_page(skip: int, limit: int) -> Page:
+    try:
+        return Page(skip=skip, limit=limit)
+    except ValueError:
+        raise Invalid("Invalid input: skip must be >= 0 and limit between 0 and 1000") from None
+
 
 @strawberry.enum
 class ExecutionType(Enum):
@@ -56,6 +66,14 @@ class Workflow:
     # tasks are already here: no per-workflow query, no DataLoader needed for this list.
     tasks: list[Task]
 
+    @strawberry.field(description="This workflow's executions, newest first.")
+    async def executions(
+        self, info: strawberry.Info, skip: int = 0, limit: int = 20
+    ) -> list[Execution]:
+        page = checked_page(skip, limit)
+        rows = await info.context["executions_loader"].load((int(self.id), page.skip, page.limit))
+        return [Execution.from_dict(row) for row in rows]
+
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Workflow:
         return cls(
@@ -87,3 +105,88 @@ class WorkflowInput:
     # On create: the tasks to create with it. On update: when given, the new task list
     # (replacing the old one); when left out, the tasks stay as they are.
     tasks: list[TaskInput] | None = None
+
+
+@strawberry.enum
+class ExecutionStatus(Enum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@strawberry.enum
+class TaskRunStatus(Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@strawberry.type
+class TaskRun:
+    task_id: strawberry.ID
+    name: str
+    order: int
+    status: TaskRunStatus
+    attempts: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    output: JSON | None
+    error: str | None
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> TaskRun:
+        return cls(
+            task_id=strawberry.ID(str(row["task_id"])),
+            name=row["name"],
+            order=row["order"],
+            status=TaskRunStatus(row["status"]),
+            attempts=row["attempts"],
+            started_at=_moment(row["started_at"]),
+            completed_at=_moment(row["completed_at"]),
+            output=row["output"],
+            error=row["error"],
+        )
+
+
+@strawberry.type
+class Execution:
+    id: strawberry.ID
+    workflow_id: strawberry.ID
+    status: ExecutionStatus
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    task_runs: list[TaskRun]
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Execution:
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            workflow_id=strawberry.ID(str(row["workflow_id"])),
+            status=ExecutionStatus(row["status"]),
+            started_at=_moment(row["started_at"]),
+            completed_at=_moment(row["completed_at"]),
+            error=row["error"],
+            task_runs=[TaskRun.from_dict(run) for run in row["tasks"]],
+        )
+
+
+@strawberry.type
+class ExecutionEvent:
+    execution_id: strawberry.ID
+    status: ExecutionStatus
+    # The task run whose change this event reports; null for the first event (the current
+    # state) and for changes of the execution alone.
+    task_id: strawberry.ID | None
+    task_status: TaskRunStatus | None
+    at: datetime
+    execution: Execution

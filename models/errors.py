@@ -53,5 +53,13 @@ class Conflict(WorkflowError):
     grpc_code = "FAILED_PRECONDITION"
 
 
+class Unavailable(WorkflowError):
+    """A service this one depends on does not answer; trying again later may work."""
+
+    http_status = 503
+    graphql_code = "SERVICE_UNAVAILABLE"
+    grpc_code = "UNAVAILABLE"
+
+
 WORKFLOW_NOT_FOUND = "Workflow not found"
 TASK_NOT_FOUND = "Task not found in this workflow"

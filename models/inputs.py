@@ -57,6 +57,12 @@ def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
 def _check_action(value: str) -> str:
     if not ACTION_NAME.match(value):
         raise ValueError("must be an action name: a letter, then letters, digits or _ . : -")
+    # Imported here: the registry loads entry points, which only task validation needs.
+    from exec_service.actions import available
+
+    if value not in available():
+        known = ", ".join(sorted(available()))
+        raise ValueError(f"unknown action {value!r}; installed actions: {known}")
     return value
 
 

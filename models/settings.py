@@ -22,6 +22,11 @@ class Settings:
     # Seconds a cached read may live. Invalidation is explicit; the TTL only bounds what a lost
     # invalidation (Redis unreachable right after a commit) can cost.
     cache_ttl_seconds: int = 300
+    # Seconds an execution's owner may go without renewing its lease before another process
+    # takes the execution over. Lower: faster recovery; higher: fewer writes.
+    lease_seconds: float = 10.0
+    # First retry delay of a failed task; each further retry doubles it.
+    retry_base_seconds: float = 0.5
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,4 +37,6 @@ class Settings:
             redis_prefix=os.environ.get("WORKFLOW_REDIS_PREFIX") or "wf:",
             grpc_target=os.environ.get("GRPC_TARGET") or "127.0.0.1:50051",
             cache_ttl_seconds=int(os.environ.get("WORKFLOW_CACHE_TTL") or 300),
+            lease_seconds=float(os.environ.get("WORKFLOW_LEASE_SECONDS") or 10.0),
+            retry_base_seconds=float(os.environ.get("WORKFLOW_RETRY_BASE_SECONDS") or 0.5),
         )

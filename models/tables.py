@@ -78,12 +78,16 @@ class Execution(Model):
     # The lease: which process runs this execution, and until when it may without renewing.
     lease_owner = fields.CharField(max_length=64, null=True)
     lease_expires_at = fields.DatetimeField(null=True)
+    # Bumped by every state change, in the same transaction; events carry it, so that a watcher
+    # can tell an old announcement from a new one.
+    version = fields.IntField(default=0)
 
     task_runs: fields.ReverseRelation[TaskRun]
 
     class Meta:
         table = "executions"
         unique_together = (("workflow_id", "idempotency_key"),)
+        indexes = (("status", "lease_expires_at"),)
 
 
 class TaskRun(Model):
@@ -104,6 +108,9 @@ class TaskRun(Model):
     timeout_seconds = fields.FloatField(null=True)
     status = fields.CharField(max_length=16, default="pending")
     attempts = fields.IntField(default=0)
+    # Attempts cut short by their process dying (or shutting down): they do not count against
+    # max_attempts, up to a limit that stops a task which kills its worker every time.
+    interruptions = fields.IntField(default=0)
     started_at = fields.DatetimeField(null=True)
     completed_at = fields.DatetimeField(null=True)
     output = JSONTextField(null=True)

@@ -5,14 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import grpc
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 
-from graphql_api.app import create_app
+from graphql_api.app import EmbeddedExecution, create_app
 from models.settings import Settings
+from protos.execution_pb2_grpc import WorkflowExecutionStub
+from tests.live_server import free_port
 from tests.services import fresh_postgres_database, redis_namespace
+
+if TYPE_CHECKING:
+    from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
 
 BACKENDS = ["sqlite", "postgres-redis"]
 
@@ -23,20 +31,38 @@ async def settings(
 ) -> AsyncIterator[Settings]:
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp("sqlite") / "workflows.sqlite3"
-        yield Settings(database_url=f"sqlite://{path}")
+        yield Settings(database_url=f"sqlite://{path}", **FAST)
         return
     async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield Settings(database_url=database_url, redis_url=url, redis_prefix=prefix)
+        yield Settings(database_url=database_url, redis_url=url, redis_prefix=prefix, **FAST)
+
+
+# Short retry delays keep the retry tests quick; the rules are the same at any scale.
+FAST: dict[str, Any] = {"retry_base_seconds": 0.05, "lease_seconds": 5.0}
 
 
 @pytest.fixture(scope="session")
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client bound to the app in this process (lifespan run: migrations, cache)."""
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app as `workflow serve` runs it (execution service embedded), lifespan started."""
+    application = create_app(settings, EmbeddedExecution(port=free_port()))
+    async with LifespanManager(application):
+        yield application  # our lifespan keeps its state on app.state, not in lifespan state
+
+
+@pytest.fixture(scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client bound to the app in this process."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+async def stub(app: FastAPI) -> AsyncIterator[WorkflowExecutionAsyncStub]:
+    """A gRPC client of the embedded execution service."""
+    port = app.state.exec_service.port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield WorkflowExecutionStub(channel)
 
 
 class QueryCounter(logging.Handler):

@@ -30,6 +30,7 @@ def free_port() -> int:
 @dataclass(frozen=True)
 class LiveServer:
     url: str
+    grpc_target: str
     process: subprocess.Popen[bytes]
     log_path: Path
 
@@ -47,17 +48,23 @@ def live_server(database_url: str, env: Mapping[str, str] | None = None) -> Iter
     environment.update(env or {})
     workdir = Path(tempfile.mkdtemp(prefix="live-server-"))
     log_path = workdir / "server.log"
+    grpc_port = free_port()
     command = [sys.executable, str(REPO / "cli.py"), "serve", "--host", "127.0.0.1"]
     # The log goes to a file: a pipe nobody reads would fill up and stall the server.
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "--port", str(port)],
+            [*command, "--port", str(port), "--grpc-port", str(grpc_port)],
             cwd=workdir,
             env=environment,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    server = LiveServer(
+        url=f"http://127.0.0.1:{port}",
+        grpc_target=f"127.0.0.1:{grpc_port}",
+        process=process,
+        log_path=log_path,
+    )
     try:
         _wait_healthy(server)
         yield server

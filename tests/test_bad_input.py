@@ -61,6 +61,7 @@ async def workflow_id(client: httpx.AsyncClient) -> int:
             "timeout_seconds",
         ),
         ({"name": "ok", "tasks": [{"name": "t", "order": 1, "action": "rm -rf /"}]}, "action"),
+        ({"name": "ok", "tasks": [{"name": "t", "order": 1, "action": "nosuch"}]}, "action"),
     ],
 )
 async def test_rest_rejects_bad_fields_with_422_naming_the_field(

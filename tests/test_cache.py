@@ -117,6 +117,9 @@ async def test_read_your_writes_under_concurrency(client: httpx.AsyncClient) -> 
             reads += 1
             if seen < floor:
                 stale.append((workflow_id, floor, seen))
+            # A cache hit through the in-process transport may never suspend: let the writers
+            # run (over a real socket every request would).
+            await asyncio.sleep(0)
 
     done = asyncio.Event()
     readers = [asyncio.create_task(reader(seed)) for seed in range(8)]

@@ -34,8 +34,9 @@ class Migration(migrations.Migration):
                 ('completed_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('lease_owner', fields.CharField(null=True, max_length=64)),
                 ('lease_expires_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
+                ('version', fields.IntField(default=0)),
             ],
-            options={'table': 'executions', 'app': 'models', 'unique_together': (('workflow_id', 'idempotency_key'),), 'pk_attr': 'id', 'table_description': 'One run of a workflow. Filled in by the execution plane.'},
+            options={'table': 'executions', 'app': 'models', 'unique_together': (('workflow_id', 'idempotency_key'),), 'indexes': [Index(fields=['status', 'lease_expires_at'])], 'pk_attr': 'id', 'table_description': 'One run of a workflow. Filled in by the execution plane.'},
             bases=['Model'],
         ),
         ops.CreateModel(
@@ -70,6 +71,7 @@ class Migration(migrations.Migration):
                 ('timeout_seconds', fields.FloatField(null=True)),
                 ('status', fields.CharField(default='pending', max_length=16)),
                 ('attempts', fields.IntField(default=0)),
+                ('interruptions', fields.IntField(default=0)),
                 ('started_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('completed_at', fields.DatetimeField(null=True, auto_now=False, auto_now_add=False)),
                 ('output', JSONTextField(null=True, unique=False)),

@@ -1,0 +1,209 @@
+"""The event bus: carries announcements of committed state changes to every watcher.
+
+In-process when `REDIS_URL` is unset (one process), Redis pub/sub otherwise (any process).
+Delivery is best effort by design: the database is the source of truth, every announcement
+carries a version, and a watcher that may have missed something re-reads. A subscriber's queue
+is bounded, so a slow watcher never slows the publisher: on overflow its queue is replaced by
+a single RESYNC marker, which tells it to re-read the current state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Final, Protocol
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+RESYNC: Final = b""  # never a real payload: every announcement is a non-empty JSON object
+QUEUE_SIZE = 256  # announcements a subscriber may fall behind before it must re-read
+CONTROL_CHANNEL = "control"  # engine-to-engine notices (cancel requests)
+REDIS_CHANNEL = "events:{channel}"  # below the configured key prefix
+RECONNECT_DELAY_SECONDS = 0.5
+
+
+def execution_channel(execution_id: int) -> str:
+    return f"execution:{execution_id}"
+
+
+class Subscription:
+    def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
+
+    def deliver(self, payload: bytes) -> None:
+        try:
+            self._queue.put_nowait(payload)
+        except asyncio.QueueFull:
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(RESYNC)
+
+    async def get(self, within: float | None = None) -> bytes | None:
+        """The next payload (RESYNC after an overflow), or None after `within` seconds."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), within)
+        except TimeoutError:
+            return None
+
+
+class EventBus(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def publish(self, channel: str, payload: bytes) -> None: ...
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class _LocalFanout:
+    """Local subscribers by channel (both buses deliver through one of these)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, set[Subscription]] = {}
+
+    def add(self, channel: str, subscription: Subscription) -> bool:
+        """Add; True when it is the channel's first local subscriber."""
+        subscribers = self.channels.setdefault(channel, set())
+        subscribers.add(subscription)
+        return len(subscribers) == 1
+
+    def remove(self, channel: str, subscription: Subscription) -> bool:
+        """Remove; True when the channel has no local subscriber left."""
+        subscribers = self.channels.get(channel)
+        if subscribers is None:
+            return False
+        subscribers.discard(subscription)
+        if subscribers:
+            return False
+        del self.channels[channel]
+        return True
+
+    def deliver(self, channel: str, payload: bytes) -> None:
+        for subscription in tuple(self.channels.get(channel, ())):
+            subscription.deliver(payload)
+
+    def resync_all(self) -> None:
+        for subscribers in tuple(self.channels.values()):
+            for subscription in tuple(subscribers):
+                subscription.deliver(RESYNC)
+
+
+class MemoryBus:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._fanout = _LocalFanout()
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        self._fanout.deliver(channel, payload)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        self._fanout.add(channel, subscription)
+        try:
+            yield subscription
+        finally:
+            self._fanout.remove(channel, subscription)
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisBus:
+    """One pub/sub connection per process, subscribed to the channels local watchers need."""
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._redis = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+        self._prefix = prefix
+        self._fanout = _LocalFanout()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def _key(self, channel: str) -> str:
+        return self._prefix + REDIS_CHANNEL.format(channel=channel)
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        # Always subscribed to something, so that reading never meets an idle connection.
+        await self._pubsub.subscribe(self._key(CONTROL_CHANNEL))
+        self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        strip = len(self._prefix + REDIS_CHANNEL.format(channel=""))
+        while True:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except (RedisError, OSError) as exc:
+                log.warning("event bus lost Redis (%s); watchers will re-read", exc)
+                self._fanout.resync_all()
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"].decode()[strip:]
+            self._fanout.deliver(channel, message["data"])
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        try:
+            await self._redis.publish(self._key(channel), payload)
+        except (RedisError, OSError) as exc:
+            # The change is committed; watchers re-read on their own schedule.
+            log.warning("publishing on %s failed: %s", channel, exc)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        assert self._pubsub is not None, "start() the bus first"
+        subscription = Subscription()
+        async with self._lock:
+            if self._fanout.add(channel, subscription) and channel != CONTROL_CHANNEL:
+                try:
+                    await self._pubsub.subscribe(self._key(channel))
+                except (RedisError, OSError) as exc:
+                    # The watcher still re-reads the database on its own schedule.
+                    log.warning("subscribing to %s failed: %s", channel, exc)
+        try:
+            yield subscription
+        finally:
+            async with self._lock:
+                if self._fanout.remove(channel, subscription) and channel != CONTROL_CHANNEL:
+                    with contextlib.suppress(RedisError, OSError):
+                        await self._pubsub.unsubscribe(self._key(channel))
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+
+def make_bus(redis_url: str | None, prefix: str) -> EventBus:
+    if redis_url:
+        return RedisBus(redis_url, prefix)
+    return MemoryBus()

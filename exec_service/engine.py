@@ -1,0 +1,420 @@
+"""The engine: the state machine of an execution, in one place.
+
+Tasks run in ascending (order, task id). A sync task is a stage of its own; consecutive async
+tasks form one stage and run together; a stage starts when the one before it has finished.
+A task that raises, times out or answers badly is retried with exponential backoff until
+`max_attempts`; then it is `failed`, its running siblings are `cancelled`, the tasks not yet
+started are `skipped`, and the execution is `failed` with its error.
+
+Each execution has one owner at a time: the engine that holds its lease. Every state change is
+a fenced, committed write (models.executions.apply_change), then an announcement on the bus.
+An engine that dies stops renewing; another claims the execution and resumes it at its first
+unfinished task; completed tasks are never run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channel
+from exec_service.executors import Executor
+from exec_service.types import ExecutionEvent, TaskRequest
+from models import executions as store
+from models.executions import RunChange, now
+from models.statuses import (
+    CANCELLED,
+    COMPLETED,
+    EXECUTION_TERMINAL,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+)
+from models.tables import Execution, TaskRun
+from models.workflows import iso
+
+log = logging.getLogger(__name__)
+
+# An action's output is stored with its run and sent to every watcher: keep it bounded.
+MAX_OUTPUT_BYTES = 1024 * 1024
+# Claims per lease round: a process that comes back to a backlog takes it over in steps.
+CLAIM_BATCH = 100
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    lease_seconds: float = 10.0
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 30.0
+    # A task whose attempts were cut short this many times (its process died each time) fails.
+    max_interruptions: int = 3
+
+
+class TaskFailed(Exception):
+    def __init__(self, run: TaskRun, error: str) -> None:
+        super().__init__(error)
+        self.run = run
+        self.error = error
+
+
+class Fenced(Exception):
+    """A write was refused: this engine no longer owns the execution, or it has ended."""
+
+
+def owner_id() -> str:
+    """This process's name on the leases it holds: host, pid, and a random part."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def stages(runs: Sequence[TaskRun]) -> list[list[TaskRun]]:
+    """Sync tasks alone, consecutive async tasks together, in (order, task id) order."""
+    groups: list[list[TaskRun]] = []
+    for run in sorted(runs, key=lambda item: (item.order, item.task_id)):
+        if run.execution_type == "async" and groups and groups[-1][-1].execution_type == "async":
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    return groups
+
+
+def _check_output(output: Any) -> dict[str, Any]:
+    if not isinstance(output, dict):
+        raise TypeError(f"the action returned {type(output).__name__}, not a JSON object")
+    size = len(json.dumps(output, allow_nan=False))  # raises on what JSON cannot hold
+    if size > MAX_OUTPUT_BYTES:
+        raise ValueError(f"the action's output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}")
+    return output
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text and type(exc).__name__ == "ActionError" else f"{type(exc).__name__}: {text}"
+
+
+class Runner:
+    """Runs one execution this engine owns; lives as one asyncio task."""
+
+    def __init__(self, engine: Engine, execution: Execution, runs: list[TaskRun]) -> None:
+        self.engine = engine
+        self.execution = execution
+        self.runs = runs
+        self._write_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        if self.execution.status in EXECUTION_TERMINAL:
+            return
+        # A run left failed by a process that died before it could finish the execution.
+        for run in self.runs:
+            if run.status == FAILED:
+                await self._fail(TaskFailed(run, run.error or "failed"), cancelled=[])
+                return
+        for stage in stages(self.runs):
+            todo = [run for run in stage if run.status != COMPLETED]
+            if todo:
+                failure, cancelled = await self._run_stage(todo)
+                if failure is not None:
+                    await self._fail(failure, cancelled)
+                    return
+        await self._write([], {"status": COMPLETED, "completed_at": now()})
+
+    async def _run_stage(self, todo: list[TaskRun]) -> tuple[TaskFailed | None, list[TaskRun]]:
+        if len(todo) == 1:
+            try:
+                await self._run_task(todo[0])
+            except TaskFailed as failure:
+                return failure, []
+            return None, []
+        children = {asyncio.create_task(self._run_task(run)): run for run in todo}
+        pending = set(children)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failures: list[TaskFailed] = []
+                for task in done:
+                    error = task.exception()
+                    if isinstance(error, TaskFailed):
+                        failures.append(error)
+                    elif error is not None:
+                        raise error  # fenced, or a bug: stop the whole runner
+                if failures:
+                    return failures[0], [children[task] for task in pending]
+            return None, []
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run_task(self, run: TaskRun) -> None:
+        config = self.engine.config
+        while True:
+            if run.interruptions >= config.max_interruptions:
+                raise TaskFailed(
+                    run,
+                    f"interrupted {run.interruptions} times: the process running it kept "
+                    "stopping before it finished",
+                )
+            attempt = run.attempts + 1
+            await self._write(
+                [
+                    RunChange(
+                        run.id,
+                        (PENDING, RUNNING),
+                        {
+                            "status": RUNNING,
+                            "attempts": attempt,
+                            "started_at": run.started_at or now(),
+                            "error": run.error,
+                        },
+                    )
+                ],
+                task=run,
+            )
+            try:
+                output = _check_output(
+                    await asyncio.wait_for(
+                        self.engine.executor.run(self._request(run, attempt)),
+                        run.timeout_seconds,
+                    )
+                )
+            except TimeoutError:
+                error = f"timed out after {run.timeout_seconds:g}s"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = _describe(exc)
+            else:
+                done = {"status": COMPLETED, "completed_at": now(), "output": output, "error": None}
+                await self._write([RunChange(run.id, (RUNNING,), done)], task=run)
+                return
+            failures = attempt - run.interruptions
+            if failures >= run.max_attempts:
+                raise TaskFailed(run, error)
+            await self._write([RunChange(run.id, (RUNNING,), {"error": error})], task=run)
+            delay = min(config.retry_base_seconds * 2 ** (failures - 1), config.retry_max_seconds)
+            await asyncio.sleep(delay)
+
+    def _request(self, run: TaskRun, attempt: int) -> TaskRequest:
+        return {
+            "execution_id": self.execution.id,
+            "run_id": run.id,
+            "task_id": run.task_id,
+            "action": run.action,
+            "parameters": cast(dict[str, Any], run.parameters),
+            "attempt": attempt,
+            "timeout_seconds": run.timeout_seconds,
+        }
+
+    async def _fail(self, failure: TaskFailed, cancelled: list[TaskRun]) -> None:
+        moment = now()
+        failed = failure.run
+        changes = [
+            RunChange(
+                failed.id,
+                (PENDING, RUNNING, FAILED),
+                {"status": FAILED, "completed_at": moment, "error": failure.error},
+            )
+        ]
+        for run in cancelled:
+            if run.status == RUNNING:
+                values = {"status": CANCELLED, "completed_at": moment}
+                changes.append(RunChange(run.id, (RUNNING,), values))
+        for run in self.runs:
+            if run.status == PENDING and run is not failed:
+                changes.append(RunChange(run.id, (PENDING,), {"status": SKIPPED}))
+        error = f"Task '{failed.name}' (id {failed.task_id}) failed: {failure.error}"
+        await self._write(
+            changes, {"status": FAILED, "completed_at": moment, "error": error}, task=failed
+        )
+
+    async def _write(
+        self,
+        changes: list[RunChange],
+        execution: dict[str, Any] | None = None,
+        task: TaskRun | None = None,
+    ) -> None:
+        """Commit a change (fenced by the lease), mirror it here, then announce it.
+
+        Shielded: a cancellation (a sibling failed, the user cancelled, shutdown) must not land
+        between the commit and the mirror, or this runner would act on a state it never saw.
+        """
+        commit = asyncio.ensure_future(self._commit(changes, execution, task))
+        self.engine.track(commit)
+        await asyncio.shield(commit)
+
+    async def _commit(
+        self,
+        changes: list[RunChange],
+        execution: dict[str, Any] | None,
+        task: TaskRun | None,
+    ) -> None:
+        async with self._write_lock:
+            version = await store.apply_change(
+                self.execution.id, self.engine.owner, changes, execution
+            )
+            if version is None:
+                raise Fenced(self.execution.id)
+            by_id = {run.id: run for run in self.runs}
+            for change in changes:
+                for name, value in change.values.items():
+                    setattr(by_id[change.run_id], name, value)
+            for name, value in (execution or {}).items():
+                setattr(self.execution, name, value)
+            self.execution.version = version
+            event: ExecutionEvent = {
+                "execution_id": self.execution.id,
+                "version": version,
+                "task_id": task.task_id if task is not None else None,
+                "task_status": task.status if task is not None else None,
+                "at": iso(now()) or "",
+                "execution": store.execution_dict(self.execution, self.runs),
+            }
+            payload = json.dumps(event, separators=(",", ":")).encode()
+        await self.engine.bus.publish(execution_channel(self.execution.id), payload)
+
+
+class Engine:
+    """Owns executions through leases and runs each with a Runner."""
+
+    def __init__(
+        self, executor: Executor, bus: EventBus, config: EngineConfig | None = None
+    ) -> None:
+        self.executor = executor
+        self.bus = bus
+        self.config = config or EngineConfig()
+        self.owner = owner_id()
+        self.runners: dict[int, asyncio.Task[None]] = {}
+        self._spawned_at: dict[int, float] = {}
+        self._commits: set[asyncio.Future[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._control_ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._background = [
+            asyncio.create_task(self._lease_loop(), name="engine-leases"),
+            asyncio.create_task(self._control_loop(), name="engine-control"),
+        ]
+        await self._control_ready.wait()
+
+    async def stop(self) -> None:
+        """Stop every runner without writing, and hand their executions over at once."""
+        for task in [*self._background, *self.runners.values()]:
+            task.cancel()
+        await asyncio.gather(*self._background, *self.runners.values(), return_exceptions=True)
+        # Writes already under way finish (they are shielded) before the leases are handed over.
+        await asyncio.gather(*self._commits, return_exceptions=True)
+        self.runners.clear()
+        try:
+            await store.release_leases(self.owner)
+        except Exception:
+            log.exception("releasing leases failed; they expire by themselves")
+
+    async def execute(self, workflow_id: int, idempotency_key: str | None) -> tuple[int, bool]:
+        execution_id, created = await store.create_execution(
+            workflow_id, idempotency_key, self.owner, self.config.lease_seconds
+        )
+        if created:
+            self.spawn(execution_id)
+        return execution_id, created
+
+    async def cancel(self, execution_id: int) -> dict[str, Any]:
+        """Cancel wherever it runs. Raises NotFound. Returns the execution as it now is."""
+        if await store.cancel(execution_id):
+            snapshot = await store.get_execution(execution_id)
+            event: ExecutionEvent = {
+                "execution_id": execution_id,
+                "version": snapshot["version"],
+                "task_id": None,
+                "task_status": None,
+                "at": iso(now()) or "",
+                "execution": snapshot,
+            }
+            await self.bus.publish(execution_channel(execution_id), json.dumps(event).encode())
+            # The owner (maybe another process) stops its tasks; its writes are fenced anyway.
+            await self.bus.publish(CONTROL_CHANNEL, json.dumps({"cancel": execution_id}).encode())
+            self._stop_runner(execution_id)
+            return snapshot
+        return await store.get_execution(execution_id)
+
+    def track(self, commit: asyncio.Future[None]) -> None:
+        self._commits.add(commit)
+        commit.add_done_callback(self._commits.discard)
+
+    def spawn(self, execution_id: int) -> None:
+        if execution_id in self.runners:
+            return
+        task = asyncio.create_task(self._run(execution_id), name=f"execution-{execution_id}")
+        self.runners[execution_id] = task
+        self._spawned_at[execution_id] = asyncio.get_running_loop().time()
+
+        def forget(_: asyncio.Task[None]) -> None:
+            if self.runners.get(execution_id) is task:
+                del self.runners[execution_id]
+                del self._spawned_at[execution_id]
+
+        task.add_done_callback(forget)
+
+    def _stop_runner(self, execution_id: int) -> None:
+        task = self.runners.get(execution_id)
+        if task is not None:
+            task.cancel()
+
+    async def _run(self, execution_id: int) -> None:
+        try:
+            loaded = await store.load_for_run(execution_id)
+            if loaded is None:
+                return
+            execution, runs = loaded
+            if execution.lease_owner != self.owner:
+                return
+            await Runner(self, execution, runs).run()
+        except Fenced:
+            log.info("execution %s moved on without us (cancelled or taken over)", execution_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease lapses and another round (here or elsewhere) resumes it.
+            log.exception("execution %s stopped unexpectedly", execution_id)
+
+    async def _lease_loop(self) -> None:
+        interval = self.config.lease_seconds / 3
+        while True:
+            try:
+                round_started = asyncio.get_running_loop().time()
+                owned = await store.renew_leases(self.owner, self.config.lease_seconds)
+                for execution_id, spawned in list(self._spawned_at.items()):
+                    # Runners spawned during the query are not in `owned` yet: leave them be.
+                    if execution_id not in owned and spawned < round_started:
+                        self._stop_runner(execution_id)  # ended, or no longer ours
+                for execution_id in owned - set(self.runners):
+                    self.spawn(execution_id)  # ours, but its runner died: resume it
+                claimed = await store.claim_expired(
+                    self.owner, self.config.lease_seconds, CLAIM_BATCH
+                )
+                for execution_id in claimed:
+                    log.info("took over execution %s", execution_id)
+                    self.spawn(execution_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease round failed; trying again")
+            await asyncio.sleep(interval)
+
+    async def _control_loop(self) -> None:
+        async with self.bus.subscribe(CONTROL_CHANNEL) as subscription:
+            self._control_ready.set()
+            while True:
+                payload = await subscription.get()
+                if not payload or payload == RESYNC:
+                    continue
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    self._stop_runner(int(json.loads(payload)["cancel"]))

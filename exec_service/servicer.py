@@ -1,0 +1,132 @@
+"""The gRPC servicer of `execution.WorkflowExecution`: validates, then asks the engine.
+
+Errors map in one place: a WorkflowError's `grpc_code`; anything else is INTERNAL, logged
+with its stack and shown masked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from exec_service.bus import EventBus
+from exec_service.engine import Engine
+from exec_service.watch import watch
+from models import executions as store
+from models.errors import Invalid, WorkflowError
+from models.executions import IDEMPOTENCY_KEY_MAX
+from protos import execution_pb2 as pb
+from protos import execution_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def status_response(snapshot: Mapping[str, Any]) -> pb.WorkflowStatusResponse:
+    return pb.WorkflowStatusResponse(
+        execution_id=snapshot["id"],
+        workflow_id=snapshot["workflow_id"],
+        status=snapshot["status"],
+        started_at=snapshot["started_at"] or "",
+        completed_at=snapshot["completed_at"] or "",
+        error=snapshot["error"] or "",
+        tasks=[
+            pb.TaskStatus(
+                task_id=run["task_id"],
+                name=run["name"],
+                order=run["order"],
+                status=run["status"],
+                attempts=run["attempts"],
+                started_at=run["started_at"] or "",
+                completed_at=run["completed_at"] or "",
+                error=run["error"] or "",
+                output_json=json.dumps(run["output"]) if run["output"] is not None else "",
+            )
+            for run in snapshot["tasks"]
+        ],
+    )
+
+
+def _positive(value: int, name: str) -> int:
+    if value <= 0:
+        raise Invalid(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
+    try:
+        return await call
+    except WorkflowError as exc:
+        await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+    except Exception:
+        log.exception("unexpected error in a gRPC call")
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+    raise AssertionError("abort() raises")  # pragma: no cover
+
+
+class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
+    def __init__(self, engine: Engine, bus: EventBus) -> None:
+        self.engine = engine
+        self.bus = bus
+
+    async def ExecuteWorkflow(
+        self,
+        request: pb.ExecuteWorkflowRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ExecuteWorkflowResponse:
+        async def execute() -> pb.ExecuteWorkflowResponse:
+            workflow_id = _positive(request.workflow_id, "workflow_id")
+            key = request.idempotency_key
+            if len(key) > IDEMPOTENCY_KEY_MAX or "\x00" in key:
+                raise Invalid(
+                    f"idempotency_key must be at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
+                )
+            execution_id, created = await self.engine.execute(workflow_id, key or None)
+            status = "in_progress"
+            if not created:  # a repeated key: the first execution, as it is now
+                status = (await store.get_execution(execution_id))["status"]
+            return pb.ExecuteWorkflowResponse(execution_id=execution_id, status=status)
+
+        return await _answer(context, execute())
+
+    async def GetWorkflowStatus(
+        self,
+        request: pb.GetWorkflowStatusRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.WorkflowStatusResponse:
+        async def status() -> pb.WorkflowStatusResponse:
+            execution_id = _positive(request.execution_id, "execution_id")
+            return status_response(await store.get_execution(execution_id))
+
+        return await _answer(context, status())
+
+    async def CancelExecution(
+        self,
+        request: pb.CancelExecutionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.WorkflowStatusResponse:
+        async def cancel() -> pb.WorkflowStatusResponse:
+            execution_id = _positive(request.execution_id, "execution_id")
+            return status_response(await self.engine.cancel(execution_id))
+
+        return await _answer(context, cancel())
+
+    async def WatchExecution(
+        self,
+        request: pb.GetWorkflowStatusRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.WorkflowStatusResponse]:
+        try:
+            execution_id = _positive(request.execution_id, "execution_id")
+            async for update in watch(self.bus, execution_id):
+                yield status_response(update.execution)
+        except WorkflowError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+        except Exception:
+            log.exception("unexpected error in WatchExecution")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")

@@ -1,0 +1,49 @@
+"""Watching an execution: its current state, then every change, until it ends.
+
+Subscribes before reading, so nothing committed after the read can be missed; uses each
+announcement's version to drop old or repeated ones; re-reads the database after an overflow,
+and whenever the bus has been quiet for a while (an announcement lost with a Redis outage
+costs a delay, never the end of the stream).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from exec_service.bus import RESYNC, EventBus, execution_channel
+from models import executions as store
+
+# How long a watcher trusts a quiet bus before it re-reads the database.
+QUIET_RESYNC_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Update:
+    execution: dict[str, Any]
+    task_id: int | None = None
+    task_status: str | None = None
+
+
+async def watch(
+    bus: EventBus, execution_id: int, quiet_seconds: float = QUIET_RESYNC_SECONDS
+) -> AsyncIterator[Update]:
+    """Raises NotFound before yielding anything when there is no such execution."""
+    async with bus.subscribe(execution_channel(execution_id)) as subscription:
+        current = await store.get_execution(execution_id)
+        yield Update(current)
+        while not store.is_terminal(current["status"]):
+            payload = await subscription.get(within=quiet_seconds)
+            if payload is None or payload == RESYNC:
+                fresh = await store.get_execution(execution_id)
+                if fresh["version"] > current["version"]:
+                    current = fresh
+                    yield Update(current)
+                continue
+            event = json.loads(payload)
+            if event["version"] <= current["version"]:
+                continue
+            current = event["execution"]
+            yield Update(current, event.get("task_id"), event.get("task_status"))

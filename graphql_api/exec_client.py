@@ -1,0 +1,95 @@
+"""The HTTP plane's client of the execution service (gRPC at `GRPC_TARGET`).
+
+gRPC errors come back as the same WorkflowError family the rest of the plane maps, so a
+missing execution is a 404 / NOT_FOUND here as it is there.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from models.errors import Invalid, NotFound, Unavailable, WorkflowError
+from protos import execution_pb2 as pb
+from protos import execution_pb2_grpc as pb_grpc
+
+# Seconds a unary call may take; the execution service answers them at once.
+CALL_TIMEOUT_SECONDS = 10.0
+
+
+def _translate(error: grpc.aio.AioRpcError) -> WorkflowError:
+    code, detail = error.code(), error.details() or ""
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(detail)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return Invalid(detail)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable("The execution service is not reachable")
+    return WorkflowError(f"The execution service failed: {code.name}")
+
+
+def parse_status(response: pb.WorkflowStatusResponse) -> dict[str, Any]:
+    """A WorkflowStatusResponse as the REST `Execution` shape."""
+    return {
+        "id": response.execution_id,
+        "workflow_id": response.workflow_id,
+        "status": response.status,
+        "started_at": response.started_at or None,
+        "completed_at": response.completed_at or None,
+        "error": response.error or None,
+        "tasks": [
+            {
+                "task_id": task.task_id,
+                "name": task.name,
+                "order": task.order,
+                "status": task.status,
+                "attempts": task.attempts,
+                "started_at": task.started_at or None,
+                "completed_at": task.completed_at or None,
+                "output": json.loads(task.output_json) if task.output_json else None,
+                "error": task.error or None,
+            }
+            for task in response.tasks
+        ],
+    }
+
+
+class ExecutionClient:
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = pb_grpc.WorkflowExecutionStub(self._channel)
+
+    async def execute(self, workflow_id: int, idempotency_key: str | None) -> int:
+        request = pb.ExecuteWorkflowRequest(
+            workflow_id=workflow_id, idempotency_key=idempotency_key or ""
+        )
+        try:
+            response = await self._stub.ExecuteWorkflow(request, timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return int(response.execution_id)
+
+    async def cancel(self, execution_id: int) -> dict[str, Any]:
+        request = pb.CancelExecutionRequest(execution_id=execution_id)
+        try:
+            response = await self._stub.CancelExecution(request, timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return parse_status(response)
+
+    async def watch(self, execution_id: int) -> AsyncIterator[dict[str, Any]]:
+        call = self._stub.WatchExecution(pb.GetWorkflowStatusRequest(execution_id=execution_id))
+        try:
+            async for response in call:
+                yield parse_status(response)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        finally:
+            call.cancel()
+
+    async def close(self) -> None:
+        await self._channel.close()

@@ -1,0 +1,361 @@
+"""Executions and their task runs: snapshots at execute time, fenced state changes, leases.
+
+Every state change bumps `executions.version` in the same transaction as the change. Changes
+made by an execution's owner are fenced: they only apply while that owner still holds the
+lease and the execution is still in progress, so a process that lost its lease (or an
+execution cancelled from elsewhere) can never overwrite newer state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import F
+from tortoise.transactions import in_transaction
+
+from models.errors import WORKFLOW_NOT_FOUND, NotFound
+from models.inputs import INT32_MAX
+from models.statuses import (
+    CANCELLED,
+    EXECUTION_TERMINAL,
+    IN_PROGRESS,
+    PENDING,
+    RUNNING,
+)
+from models.tables import Execution, Task, TaskRun, Workflow
+from models.workflows import iso
+
+EXECUTION_NOT_FOUND = "Execution not found"
+IDEMPOTENCY_KEY_MAX = 255
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def run_dict(run: TaskRun) -> dict[str, Any]:
+    return {
+        "task_id": run.task_id,
+        "name": run.name,
+        "order": run.order,
+        "status": run.status,
+        "attempts": run.attempts,
+        "started_at": iso(run.started_at),
+        "completed_at": iso(run.completed_at),
+        "output": run.output,
+        "error": run.error,
+    }
+
+
+def execution_dict(execution: Execution, runs: Sequence[TaskRun]) -> dict[str, Any]:
+    """The REST `Execution` shape, plus `version` (which REST leaves out)."""
+    return {
+        "id": execution.id,
+        "workflow_id": execution.workflow_id,
+        "status": execution.status,
+        "started_at": iso(execution.started_at),
+        "completed_at": iso(execution.completed_at),
+        "error": execution.error,
+        "tasks": [run_dict(run) for run in runs],
+        "version": execution.version,
+    }
+
+
+def public(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """A snapshot as REST shows it."""
+    return {key: value for key, value in snapshot.items() if key != "version"}
+
+
+def valid_id(value: int) -> bool:
+    return 1 <= value <= INT32_MAX
+
+
+def ordered_runs(execution_id: int) -> Any:
+    return TaskRun.filter(execution_id=execution_id).order_by("order", "task_id")
+
+
+async def get_execution(execution_id: int) -> dict[str, Any]:
+    """The execution with its task runs. Raises NotFound."""
+    if not valid_id(execution_id):
+        raise NotFound(EXECUTION_NOT_FOUND)
+    execution = await Execution.get_or_none(id=execution_id)
+    if execution is None:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    return execution_dict(execution, await ordered_runs(execution_id))
+
+
+async def find_execution(execution_id: int) -> dict[str, Any] | None:
+    try:
+        return await get_execution(execution_id)
+    except NotFound:
+        return None
+
+
+async def list_executions(workflow_id: int | None, skip: int, limit: int) -> list[dict[str, Any]]:
+    """Executions newest first (of one workflow, or all), with their runs, in two queries."""
+    query = Execution.all()
+    if workflow_id is not None:
+        query = query.filter(workflow_id=workflow_id)
+    executions = await query.order_by("-id").offset(skip).limit(limit)
+    runs: dict[int, list[TaskRun]] = {execution.id: [] for execution in executions}
+    if executions:
+        for run in await TaskRun.filter(execution_id__in=list(runs)).order_by("order", "task_id"):
+            runs[run.execution_id].append(run)
+    return [execution_dict(execution, runs[execution.id]) for execution in executions]
+
+
+async def create_execution(
+    workflow_id: int, idempotency_key: str | None, owner: str, lease_seconds: float
+) -> tuple[int, bool]:
+    """Snapshot the workflow's tasks into a new execution owned by `owner`.
+
+    Returns (execution id, created). With an idempotency key seen before for this workflow,
+    returns the first execution's id and False. Raises NotFound.
+    """
+    if not valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    if idempotency_key:
+        existing = await _by_key(workflow_id, idempotency_key)
+        if existing is not None:
+            return existing, False
+    started = now()
+    try:
+        async with in_transaction():
+            if not await Workflow.filter(id=workflow_id).exists():
+                raise NotFound(WORKFLOW_NOT_FOUND)
+            tasks = await Task.filter(workflow_id=workflow_id).order_by("order", "id")
+            execution = await Execution.create(
+                workflow_id=workflow_id,
+                idempotency_key=idempotency_key or None,
+                status=IN_PROGRESS,
+                started_at=started,
+                lease_owner=owner,
+                lease_expires_at=started + timedelta(seconds=lease_seconds),
+                version=1,
+            )
+            await TaskRun.bulk_create(
+                [
+                    TaskRun(
+                        execution_id=execution.id,
+                        task_id=task.id,
+                        name=task.name,
+                        order=task.order,
+                        execution_type=task.execution_type,
+                        action=task.action,
+                        parameters=task.parameters,
+                        max_attempts=task.max_attempts,
+                        timeout_seconds=task.timeout_seconds,
+                        status=PENDING,
+                    )
+                    for task in tasks
+                ]
+            )
+    except IntegrityError:
+        # Two requests with one key raced; the unique constraint let one through.
+        if idempotency_key:
+            existing = await _by_key(workflow_id, idempotency_key)
+            if existing is not None:
+                return existing, False
+        raise
+    return execution.id, True
+
+
+async def _by_key(workflow_id: int, key: str) -> int | None:
+    row = await Execution.filter(workflow_id=workflow_id, idempotency_key=key).first()
+    return row.id if row is not None else None
+
+
+@dataclass
+class RunChange:
+    """New values for one task run, applied only if its status is one of `expected`."""
+
+    run_id: int
+    expected: tuple[str, ...]
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+class _Stale(Exception):
+    """A run was not in the expected status: roll the whole change back."""
+
+
+def _placeholders(connection: BaseDBAsyncClient, count: int) -> list[str]:
+    if connection.capabilities.dialect == "postgres":
+        return [f"${index}" for index in range(1, count + 1)]
+    return ["?"] * count
+
+
+async def _bump_version(
+    connection: BaseDBAsyncClient, execution_id: int, owner: str | None, statuses: Sequence[str]
+) -> int | None:
+    """version + 1 if the execution is in one of `statuses` (and, with `owner`, leased by it)."""
+    values: list[Any] = [execution_id, *statuses]
+    marks = _placeholders(connection, len(values) + 1)
+    in_list = ", ".join(marks[1 : 1 + len(statuses)])
+    sql = (
+        "UPDATE executions SET version = version + 1 "
+        f"WHERE id = {marks[0]} AND status IN ({in_list})"
+    )
+    if owner is not None:
+        sql += f" AND lease_owner = {marks[len(values)]}"
+        values.append(owner)
+    rows = await connection.execute_query_dict(sql + " RETURNING version", values)
+    return int(rows[0]["version"]) if rows else None
+
+
+async def apply_change(
+    execution_id: int,
+    owner: str,
+    runs: Sequence[RunChange] = (),
+    execution: Mapping[str, Any] | None = None,
+) -> int | None:
+    """Apply a state change as the execution's owner, atomically. Returns the new version, or
+    None when the fence refused it (lease lost, execution no longer in progress, or a run no
+    longer in its expected status); then nothing was written."""
+    try:
+        async with in_transaction() as connection:
+            version = await _bump_version(connection, execution_id, owner, (IN_PROGRESS,))
+            if version is None:
+                return None
+            for change in runs:
+                updated = (
+                    await TaskRun.filter(id=change.run_id, status__in=change.expected)
+                    .using_db(connection)
+                    .update(**change.values)
+                )
+                if updated != 1:
+                    raise _Stale
+            if execution:
+                await Execution.filter(id=execution_id).using_db(connection).update(**execution)
+    except _Stale:
+        return None
+    return version
+
+
+async def cancel(execution_id: int) -> bool:
+    """Mark the execution and its unfinished runs cancelled, whoever owns it. Returns False when
+    it had already ended. Raises NotFound."""
+    if not valid_id(execution_id) or not await Execution.filter(id=execution_id).exists():
+        raise NotFound(EXECUTION_NOT_FOUND)
+    moment = now()
+    async with in_transaction() as connection:
+        version = await _bump_version(connection, execution_id, None, (PENDING, IN_PROGRESS))
+        if version is None:
+            return False
+        await (
+            Execution.filter(id=execution_id)
+            .using_db(connection)
+            .update(status=CANCELLED, completed_at=moment)
+        )
+        await (
+            TaskRun.filter(execution_id=execution_id, status__in=(PENDING, RUNNING))
+            .using_db(connection)
+            .update(status=CANCELLED, completed_at=moment)
+        )
+    return True
+
+
+async def load_for_run(execution_id: int) -> tuple[Execution, list[TaskRun]] | None:
+    execution = await Execution.get_or_none(id=execution_id)
+    if execution is None:
+        return None
+    return execution, list(await ordered_runs(execution_id))
+
+
+async def renew_leases(owner: str, lease_seconds: float) -> set[int]:
+    """Extend every lease `owner` holds; return the ids of the executions it still owns."""
+    await Execution.filter(lease_owner=owner, status=IN_PROGRESS).update(
+        lease_expires_at=now() + timedelta(seconds=lease_seconds)
+    )
+    rows = await Execution.filter(lease_owner=owner, status=IN_PROGRESS).values("id")
+    return {int(row["id"]) for row in rows}
+
+
+async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[int]:
+    """Take over executions whose owner stopped renewing. Runs that were running when it died
+    go back to pending with one more interruption. Returns the ids claimed."""
+    moment = now()
+    candidates = (
+        await Execution.filter(status=IN_PROGRESS, lease_expires_at__lt=moment)
+        .order_by("lease_expires_at")
+        .limit(limit)
+        .values("id", "lease_owner")
+    )
+    claimed = []
+    for candidate in candidates:
+        async with in_transaction() as connection:
+            # Compare-and-set: of several processes claiming at once, one wins.
+            won = (
+                await Execution.filter(
+                    id=candidate["id"],
+                    lease_owner=candidate["lease_owner"],
+                    status=IN_PROGRESS,
+                    lease_expires_at__lt=moment,
+                )
+                .using_db(connection)
+                .update(
+                    lease_owner=owner,
+                    lease_expires_at=moment + timedelta(seconds=lease_seconds),
+                )
+            )
+            if not won:
+                continue
+            await _bump_version(connection, candidate["id"], owner, (IN_PROGRESS,))
+            await (
+                TaskRun.filter(execution_id=candidate["id"], status=RUNNING)
+                .using_db(connection)
+                .update(status=PENDING, interruptions=F("interruptions") + 1)
+            )
+        claimed.append(int(candidate["id"]))
+    return claimed
+
+
+async def release_leases(owner: str) -> None:
+    """Let others take over at once what `owner` runs (it is shutting down)."""
+    await Execution.filter(lease_owner=owner, status=IN_PROGRESS).update(
+        lease_expires_at=now() - timedelta(seconds=1)
+    )
+
+
+def is_terminal(status: str) -> bool:
+    return status in EXECUTION_TERMINAL
+
+
+def dumps_snapshot(snapshot: Mapping[str, Any]) -> bytes:
+    return json.dumps(snapshot, separators=(",", ":")).encode()
+
+
+async def executions_of_workflows(
+    workflow_ids: Sequence[int], skip: int, limit: int
+) -> dict[int, list[dict[str, Any]]]:
+    """A page of executions (newest first) for each workflow, in three queries for them all."""
+    result: dict[int, list[dict[str, Any]]] = {workflow_id: [] for workflow_id in workflow_ids}
+    ids = [workflow_id for workflow_id in result if valid_id(workflow_id)]
+    if not ids or limit <= 0:
+        return result
+    connection = Execution._meta.db
+    marks = _placeholders(connection, len(ids) + 2)
+    in_list = ", ".join(marks[: len(ids)])
+    # A window per workflow: one query whatever the number of workflows (no N+1).
+    sql = (
+        "SELECT id FROM (SELECT id, ROW_NUMBER() OVER "
+        "(PARTITION BY workflow_id ORDER BY id DESC) AS position "
+        f"FROM executions WHERE workflow_id IN ({in_list})) AS ranked "
+        f"WHERE position > {marks[len(ids)]} AND position <= {marks[len(ids) + 1]}"
+    )
+    rows = await connection.execute_query_dict(sql, [*ids, skip, skip + limit])
+    page = [int(row["id"]) for row in rows]
+    if not page:
+        return result
+    executions = await Execution.filter(id__in=page).order_by("-id")
+    runs: dict[int, list[TaskRun]] = {execution.id: [] for execution in executions}
+    for run in await TaskRun.filter(execution_id__in=page).order_by("order", "task_id"):
+        runs[run.execution_id].append(run)
+    for execution in executions:
+        result[execution.workflow_id].append(execution_dict(execution, runs[execution.id]))
+    return result

@@ -1,0 +1,325 @@
+"""How an execution runs (contract section 5), through the gRPC service, on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import httpx
+import pytest
+
+from exec_service import actions
+from protos import execution_pb2 as pb
+from tests.executions import (
+    by_name,
+    execute,
+    make_workflow,
+    moment,
+    noop,
+    run,
+    wait_until_done,
+)
+
+if TYPE_CHECKING:
+    from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
+
+# Calls per key of the `flaky` test action, and how many of them should fail.
+calls: dict[str, int] = {}
+
+
+async def flaky(parameters: dict[str, Any]) -> dict[str, Any]:
+    key = parameters["key"]
+    calls[key] = calls.get(key, 0) + 1
+    if calls[key] <= parameters.get("fail_times", 0):
+        raise RuntimeError(f"failure {calls[key]}")
+    return {"call": calls[key]}
+
+
+async def bad_answer(parameters: dict[str, Any]) -> Any:
+    return ["not", "an", "object"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_actions() -> None:
+    actions.register("flaky", flaky)
+    actions.register("bad_answer", bad_answer)
+
+
+async def test_sync_tasks_run_one_after_another(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    final = await run(client, stub, [noop("c", 3, 0.05), noop("a", 1, 0.05), noop("b", 2, 0.05)])
+    assert final.status == "completed"
+    assert [task.name for task in final.tasks] == ["a", "b", "c"]
+    for earlier, later in zip(final.tasks, final.tasks[1:], strict=False):
+        assert moment(later.started_at) >= moment(earlier.completed_at)
+    assert all(task.status == "completed" and task.attempts == 1 for task in final.tasks)
+    assert final.completed_at >= final.tasks[-1].completed_at
+    assert json.loads(final.tasks[0].output_json) == {}
+
+
+async def test_async_tasks_between_sync_ones_run_together(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    tasks = [
+        noop("first", 1, 0.5),
+        noop("x", 2, 0.5, execution_type="async"),
+        noop("y", 3, 0.5, execution_type="async"),
+        noop("z", 4, 0.5, execution_type="async"),
+        noop("last", 5, 0.5),
+    ]
+    final = await run(client, stub, tasks)
+    assert final.status == "completed"
+    named = by_name(final)
+    took = (moment(final.completed_at) - moment(final.started_at)).total_seconds()
+    assert 1.45 <= took < 2.2, took  # three stages of 0.5 s, not five
+    group = [named[name] for name in "xyz"]
+    assert all(moment(t.started_at) >= moment(named["first"].completed_at) for t in group)
+    assert max(moment(t.started_at) for t in group) < min(moment(t.completed_at) for t in group)
+    assert moment(named["last"].started_at) >= max(moment(t.completed_at) for t in group)
+
+
+async def test_a_workflow_without_tasks_completes_at_once(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    final = await run(client, stub, [])
+    assert final.status == "completed"
+    assert list(final.tasks) == []
+
+
+async def test_retries_are_counted_in_attempts(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    key = secrets.token_hex(4)
+    task = {
+        "name": "flaky",
+        "order": 1,
+        "action": "flaky",
+        "max_attempts": 3,
+        "parameters": {"key": key, "fail_times": 2},
+    }
+    final = await run(client, stub, [task])
+    assert final.status == "completed", final.error
+    assert final.tasks[0].attempts == 3
+    assert json.loads(final.tasks[0].output_json) == {"call": 3}
+    assert calls[key] == 3
+
+
+async def test_exhausted_retries_fail_the_execution_skip_the_rest_cancel_siblings(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    tasks = [
+        noop("before", 1),
+        {
+            "name": "breaks",
+            "order": 2,
+            "action": "flaky",
+            "max_attempts": 2,
+            "execution_type": "async",
+            "parameters": {"key": secrets.token_hex(4), "fail_times": 99},
+        },
+        noop("sibling", 3, 30, execution_type="async"),
+        noop("after", 4),
+    ]
+    final = await run(client, stub, tasks)
+    named = by_name(final)
+    assert final.status == "failed"
+    assert "breaks" in final.error
+    assert "failure 2" in final.error
+    assert named["before"].status == "completed"
+    assert (named["breaks"].status, named["breaks"].attempts) == ("failed", 2)
+    assert named["breaks"].error == "RuntimeError: failure 2"
+    assert named["sibling"].status == "cancelled"
+    assert named["after"].status == "skipped"
+    assert named["after"].attempts == 0
+
+
+async def test_timeouts(client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub) -> None:
+    final = await run(client, stub, [noop("slow", 1, 5, timeout_seconds=0.2, max_attempts=2)])
+    assert final.status == "failed"
+    assert final.tasks[0].attempts == 2
+    assert "timed out after 0.2s" in final.tasks[0].error
+
+
+async def test_a_bad_answer_is_a_failure(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    final = await run(client, stub, [{"name": "bad", "order": 1, "action": "bad_answer"}])
+    assert final.status == "failed"
+    assert "not a JSON object" in final.tasks[0].error
+
+
+async def test_cancel_stops_running_tasks(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [noop("long", 1, 30), noop("next", 2)])
+    execution_id = await execute(stub, workflow_id)
+    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
+    async for update in stub.WatchExecution(request):
+        if update.tasks[0].status == "running":
+            break
+    cancelled = await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+    assert cancelled.status == "cancelled"
+    assert [task.status for task in cancelled.tasks] == ["cancelled", "cancelled"]
+    final = await wait_until_done(stub, execution_id, within=5)
+    assert final.status == "cancelled"
+    took = (moment(final.completed_at) - moment(final.started_at)).total_seconds()
+    assert took < 5
+    again = await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+    assert again.status == "cancelled"  # cancelling an ended execution changes nothing
+
+
+async def test_idempotency_keys(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [noop("a", 1)])
+    other = await make_workflow(client, [noop("a", 1)])
+    first = await execute(stub, workflow_id, key="deploy-42")
+    assert await execute(stub, workflow_id, key="deploy-42") == first
+    assert await execute(stub, other, key="deploy-42") != first
+    assert await execute(stub, workflow_id) != first  # no key: always new
+    racing = await asyncio.gather(*(execute(stub, workflow_id, key="race") for _ in range(10)))
+    assert len(set(racing)) == 1
+
+
+async def test_an_execution_runs_the_tasks_as_they_were_when_it_started(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [noop("one", 1, 0.3), noop("two", 2)])
+    execution_id = await execute(stub, workflow_id)
+    workflow = (await client.get(f"/workflows/{workflow_id}")).json()
+    second = workflow["tasks"][1]
+    await client.put(f"/workflows/{workflow_id}/tasks/{second['id']}", json=noop("renamed", 0, 1))
+    await client.post(f"/workflows/{workflow_id}/tasks/", json=noop("added", 9))
+    final = await wait_until_done(stub, execution_id)
+    assert [task.name for task in final.tasks] == ["one", "two"]
+    assert final.status == "completed"
+
+
+@pytest.mark.parametrize("workflow_id", [0, -1, -(2**31)])
+async def test_execute_rejects_ids_that_are_not_ids(
+    stub: WorkflowExecutionAsyncStub, workflow_id: int
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id=workflow_id))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unknown_ids_are_not_found(stub: WorkflowExecutionAsyncStub) -> None:
+    largest = 2**31 - 1
+    calls_to_make: list[Awaitable[Any]] = [
+        stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id=largest)),
+        stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(execution_id=largest)),
+        stub.CancelExecution(pb.CancelExecutionRequest(execution_id=largest)),
+    ]
+    for call in calls_to_make:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in stub.WatchExecution(pb.GetWorkflowStatusRequest(execution_id=largest)):
+            pass
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("execution_id", [0, -5])
+async def test_status_rejects_ids_that_are_not_ids(
+    stub: WorkflowExecutionAsyncStub, execution_id: int
+) -> None:
+    for call in (
+        stub.GetWorkflowStatus(pb.GetWorkflowStatusRequest(execution_id=execution_id)),
+        stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_bad_idempotency_keys(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [])
+    for key in ["k" * 256, "nul\x00"]:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ExecuteWorkflow(
+                pb.ExecuteWorkflowRequest(workflow_id=workflow_id, idempotency_key=key)
+            )
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_watch_sends_the_current_state_then_every_change(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [noop("a", 1, 0.2), noop("b", 2, 0.2)])
+    execution_id = await execute(stub, workflow_id)
+    seen = [
+        update
+        async for update in stub.WatchExecution(
+            pb.GetWorkflowStatusRequest(execution_id=execution_id)
+        )
+    ]
+    states = [(u.status, tuple((t.status, t.attempts) for t in u.tasks)) for u in seen]
+    # a running, a completed, b running, b completed, execution completed: each one seen.
+    expected_tail = [
+        ("in_progress", (("running", 1), ("pending", 0))),
+        ("in_progress", (("completed", 1), ("pending", 0))),
+        ("in_progress", (("completed", 1), ("running", 1))),
+        ("in_progress", (("completed", 1), ("completed", 1))),
+        ("completed", (("completed", 1), ("completed", 1))),
+    ]
+    assert states[-5:] == expected_tail
+    assert len(states) == len(set(states))  # no state sent twice
+    after = [
+        u async for u in stub.WatchExecution(pb.GetWorkflowStatusRequest(execution_id=execution_id))
+    ]
+    assert [u.status for u in after] == ["completed"]  # an ended one: its state, then the end
+
+
+async def test_rest_execution_routes(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    workflow_id = await make_workflow(client, [noop("a", 1)])
+    started = await client.post(f"/workflows/{workflow_id}/execute")
+    assert started.status_code == 200, started.text
+    execution = started.json()
+    assert list(execution) == [
+        "id",
+        "workflow_id",
+        "status",
+        "started_at",
+        "completed_at",
+        "error",
+        "tasks",
+    ]
+    assert list(execution["tasks"][0]) == [
+        "task_id",
+        "name",
+        "order",
+        "status",
+        "attempts",
+        "started_at",
+        "completed_at",
+        "output",
+        "error",
+    ]
+    await wait_until_done(stub, execution["id"])
+    shown = (await client.get(f"/executions/{execution['id']}")).json()
+    assert shown["status"] == "completed"
+    assert shown["tasks"][0]["output"] == {}
+    keyed = await client.post(f"/workflows/{workflow_id}/execute", json={"idempotency_key": "once"})
+    again = await client.post(
+        f"/workflows/{workflow_id}/execute/", json={"idempotency_key": "once"}
+    )
+    assert keyed.json()["id"] == again.json()["id"]
+    listed = (await client.get(f"/workflows/{workflow_id}/executions")).json()
+    assert [row["id"] for row in listed] == [keyed.json()["id"], execution["id"]]
+    assert (await client.get("/executions/2147483000")).json() == {"detail": "Execution not found"}
+    missing = await client.post("/workflows/2147483000/execute")
+    assert (missing.status_code, missing.json()) == (404, {"detail": "Workflow not found"})
+    assert (await client.get("/workflows/2147483000/executions")).status_code == 404
+    bad = await client.post(f"/workflows/{workflow_id}/execute", json={"idempotency_key": 5})
+    assert bad.status_code == 422
