@@ -3,21 +3,26 @@
 Subscribes before reading, so nothing committed after the read can be missed; uses each
 announcement's version to drop old or repeated ones; re-reads the database after an overflow,
 and whenever the bus has been quiet for a while (an announcement lost with a Redis outage
-costs a delay, never the end of the stream).
+costs a delay, never the end of the stream). A re-read that finds newer versions first gives
+their announcements a moment to arrive, so that a quiet spell ending just then does not merge
+changes that the bus is still delivering.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from exec_service.bus import RESYNC, EventBus, execution_channel
+from exec_service.bus import RESYNC, EventBus, Subscription, execution_channel
 from models import executions as store
 
 # How long a watcher trusts a quiet bus before it re-reads the database.
 QUIET_RESYNC_SECONDS = 2.0
+# How long a re-read that found newer versions waits for their announcements.
+CATCH_UP_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,24 @@ class Update:
     execution: dict[str, Any]
     task_id: int | None = None
     task_status: str | None = None
+
+
+def _update(event: dict[str, Any]) -> Update:
+    return Update(event["execution"], event.get("task_id"), event.get("task_status"))
+
+
+async def _catch_up(subscription: Subscription, version: int, target: int) -> AsyncIterator[Update]:
+    """Announcements after `version`, up to `target`, as they arrive within the grace period."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + CATCH_UP_SECONDS
+    while version < target:
+        payload = await subscription.get(within=max(0.0, deadline - loop.time()))
+        if payload is None or payload == RESYNC:
+            return
+        event = json.loads(payload)
+        if event["version"] > version:
+            version = event["version"]
+            yield _update(event)
 
 
 async def watch(
@@ -38,6 +61,14 @@ async def watch(
             payload = await subscription.get(within=quiet_seconds)
             if payload is None or payload == RESYNC:
                 fresh = await store.get_execution(execution_id)
+                if fresh["version"] <= current["version"]:
+                    continue
+                if payload is None:  # quiet, not overflowed: the news may be on its way
+                    async for update in _catch_up(
+                        subscription, current["version"], fresh["version"]
+                    ):
+                        current = update.execution
+                        yield update
                 if fresh["version"] > current["version"]:
                     current = fresh
                     yield Update(current)
@@ -46,4 +77,4 @@ async def watch(
             if event["version"] <= current["version"]:
                 continue
             current = event["execution"]
-            yield Update(current, event.get("task_id"), event.get("task_status"))
+            yield _update(event)

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import HTTPConnection
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
 
@@ -99,10 +100,11 @@ def create_app(
             set_cache(None)
             await stop_database()
 
-    async def graphql_context(request: Request) -> dict[str, Any]:
+    async def graphql_context(connection: HTTPConnection) -> dict[str, Any]:
+        # HTTPConnection: the same dependency serves HTTP requests and WebSocket subscriptions.
         return {
             "executions_loader": executions_loader(),
-            "exec_client": request.app.state.exec_client,
+            "exec_client": connection.app.state.exec_client,
         }
 
     app = FastAPI(

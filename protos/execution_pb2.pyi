@@ -6,21 +6,18 @@ field numbers are unchanged; WatchExecution, CancelExecution and the fields mark
 additions beside them.
 """
 
-import builtins as _builtins
-import sys
-import typing as _typing
 from collections import abc as _abc
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+import builtins as _builtins
+import sys
+import typing as _typing
 
 if sys.version_info >= (3, 11):
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing import Never as _Never
-    from typing import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -39,15 +36,13 @@ class ExecuteWorkflowRequest(_message.Message):
         workflow_id: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "idempotency_key", b"idempotency_key", "workflow_id", b"workflow_id"
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ExecuteWorkflowRequest: _TypeAlias = ExecuteWorkflowRequest
+Global___ExecuteWorkflowRequest: _TypeAlias = ExecuteWorkflowRequest  # noqa: Y015
 
 @_typing.final
 class ExecuteWorkflowResponse(_message.Message):
@@ -63,15 +58,13 @@ class ExecuteWorkflowResponse(_message.Message):
         execution_id: _builtins.int = ...,
         status: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "execution_id", b"execution_id", "status", b"status"
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ExecuteWorkflowResponse: _TypeAlias = ExecuteWorkflowResponse
+Global___ExecuteWorkflowResponse: _TypeAlias = ExecuteWorkflowResponse  # noqa: Y015
 
 @_typing.final
 class GetWorkflowStatusRequest(_message.Message):
@@ -84,13 +77,13 @@ class GetWorkflowStatusRequest(_message.Message):
         *,
         execution_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetWorkflowStatusRequest: _TypeAlias = GetWorkflowStatusRequest
+Global___GetWorkflowStatusRequest: _TypeAlias = GetWorkflowStatusRequest  # noqa: Y015
 
 @_typing.final
 class CancelExecutionRequest(_message.Message):
@@ -103,13 +96,13 @@ class CancelExecutionRequest(_message.Message):
         *,
         execution_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id"]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest
+Global___CancelExecutionRequest: _TypeAlias = CancelExecutionRequest  # noqa: Y015
 
 @_typing.final
 class WorkflowStatusResponse(_message.Message):
@@ -143,28 +136,13 @@ class WorkflowStatusResponse(_message.Message):
         tasks: _abc.Iterable[Global___TaskStatus] | None = ...,
         error: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "completed_at",
-        b"completed_at",
-        "error",
-        b"error",
-        "execution_id",
-        b"execution_id",
-        "started_at",
-        b"started_at",
-        "status",
-        b"status",
-        "tasks",
-        b"tasks",
-        "workflow_id",
-        b"workflow_id",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "execution_id", b"execution_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___WorkflowStatusResponse: _TypeAlias = WorkflowStatusResponse
+Global___WorkflowStatusResponse: _TypeAlias = WorkflowStatusResponse  # noqa: Y015
 
 @_typing.final
 class TaskStatus(_message.Message):
@@ -203,29 +181,10 @@ class TaskStatus(_message.Message):
         error: _builtins.str = ...,
         output_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "attempts",
-        b"attempts",
-        "completed_at",
-        b"completed_at",
-        "error",
-        b"error",
-        "name",
-        b"name",
-        "order",
-        b"order",
-        "output_json",
-        b"output_json",
-        "started_at",
-        b"started_at",
-        "status",
-        b"status",
-        "task_id",
-        b"task_id",
-    ]
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "error", b"error", "name", b"name", "order", b"order", "output_json", b"output_json", "started_at", b"started_at", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___TaskStatus: _TypeAlias = TaskStatus
+Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015

@@ -6,24 +6,23 @@ field numbers are unchanged; WatchExecution, CancelExecution and the fields mark
 additions beside them.
 """
 
+from collections import abc as _abc
+from grpc import aio as _aio
+from protos import execution_pb2 as _execution_pb2
 import abc as _abc_1
+import grpc as _grpc
 import sys
 import typing as _typing
-from collections import abc as _abc
-
-import grpc as _grpc
-from grpc import aio as _aio
-
-from protos import execution_pb2 as _execution_pb2
 
 if sys.version_info >= (3, 11):
     from typing import Self as _Self
 else:
-    from typing import Self as _Self
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
 class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
 class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
@@ -35,41 +34,25 @@ class WorkflowExecutionStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> WorkflowExecutionAsyncStub: ...
-    ExecuteWorkflow: _grpc.UnaryUnaryMultiCallable[
-        _execution_pb2.ExecuteWorkflowRequest, _execution_pb2.ExecuteWorkflowResponse
-    ]
+    ExecuteWorkflow: _grpc.UnaryUnaryMultiCallable[_execution_pb2.ExecuteWorkflowRequest, _execution_pb2.ExecuteWorkflowResponse]
     """Start an execution of a workflow. Answers at once with status "in_progress"."""
-    GetWorkflowStatus: _grpc.UnaryUnaryMultiCallable[
-        _execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse
-    ]
+    GetWorkflowStatus: _grpc.UnaryUnaryMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse]
     """The current state of an execution and its tasks."""
-    WatchExecution: _grpc.UnaryStreamMultiCallable[
-        _execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse
-    ]
+    WatchExecution: _grpc.UnaryStreamMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse]
     """new: the current state, then one message per change; ends after the terminal one."""
-    CancelExecution: _grpc.UnaryUnaryMultiCallable[
-        _execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse
-    ]
+    CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse]
     """new: stop the running tasks and mark the execution "cancelled"."""
 
 @_typing.type_check_only
 class WorkflowExecutionAsyncStub(WorkflowExecutionStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    ExecuteWorkflow: _aio.UnaryUnaryMultiCallable[
-        _execution_pb2.ExecuteWorkflowRequest, _execution_pb2.ExecuteWorkflowResponse
-    ]  # type: ignore[assignment]
+    ExecuteWorkflow: _aio.UnaryUnaryMultiCallable[_execution_pb2.ExecuteWorkflowRequest, _execution_pb2.ExecuteWorkflowResponse]  # type: ignore[assignment]
     """Start an execution of a workflow. Answers at once with status "in_progress"."""
-    GetWorkflowStatus: _aio.UnaryUnaryMultiCallable[
-        _execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse
-    ]  # type: ignore[assignment]
+    GetWorkflowStatus: _aio.UnaryUnaryMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse]  # type: ignore[assignment]
     """The current state of an execution and its tasks."""
-    WatchExecution: _aio.UnaryStreamMultiCallable[
-        _execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse
-    ]  # type: ignore[assignment]
+    WatchExecution: _aio.UnaryStreamMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.WorkflowStatusResponse]  # type: ignore[assignment]
     """new: the current state, then one message per change; ends after the terminal one."""
-    CancelExecution: _aio.UnaryUnaryMultiCallable[
-        _execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse
-    ]  # type: ignore[assignment]
+    CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse]  # type: ignore[assignment]
     """new: stop the running tasks and mark the execution "cancelled"."""
 
 class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
@@ -78,10 +61,7 @@ class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _execution_pb2.ExecuteWorkflowRequest,
         context: _ServicerContext,
-    ) -> (
-        _execution_pb2.ExecuteWorkflowResponse
-        | _abc.Awaitable[_execution_pb2.ExecuteWorkflowResponse]
-    ):
+    ) -> _typing.Union[_execution_pb2.ExecuteWorkflowResponse, _abc.Awaitable[_execution_pb2.ExecuteWorkflowResponse]]:
         """Start an execution of a workflow. Answers at once with status "in_progress"."""
 
     @_abc_1.abstractmethod
@@ -89,10 +69,7 @@ class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _execution_pb2.GetWorkflowStatusRequest,
         context: _ServicerContext,
-    ) -> (
-        _execution_pb2.WorkflowStatusResponse
-        | _abc.Awaitable[_execution_pb2.WorkflowStatusResponse]
-    ):
+    ) -> _typing.Union[_execution_pb2.WorkflowStatusResponse, _abc.Awaitable[_execution_pb2.WorkflowStatusResponse]]:
         """The current state of an execution and its tasks."""
 
     @_abc_1.abstractmethod
@@ -100,10 +77,7 @@ class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _execution_pb2.GetWorkflowStatusRequest,
         context: _ServicerContext,
-    ) -> (
-        _abc.Iterator[_execution_pb2.WorkflowStatusResponse]
-        | _abc.AsyncIterator[_execution_pb2.WorkflowStatusResponse]
-    ):
+    ) -> _typing.Union[_abc.Iterator[_execution_pb2.WorkflowStatusResponse], _abc.AsyncIterator[_execution_pb2.WorkflowStatusResponse]]:
         """new: the current state, then one message per change; ends after the terminal one."""
 
     @_abc_1.abstractmethod
@@ -111,12 +85,7 @@ class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _execution_pb2.CancelExecutionRequest,
         context: _ServicerContext,
-    ) -> (
-        _execution_pb2.WorkflowStatusResponse
-        | _abc.Awaitable[_execution_pb2.WorkflowStatusResponse]
-    ):
+    ) -> _typing.Union[_execution_pb2.WorkflowStatusResponse, _abc.Awaitable[_execution_pb2.WorkflowStatusResponse]]:
         """new: stop the running tasks and mark the execution "cancelled"."""
 
-def add_WorkflowExecutionServicer_to_server(
-    servicer: WorkflowExecutionServicer, server: _grpc.Server | _aio.Server
-) -> None: ...
+def add_WorkflowExecutionServicer_to_server(servicer: WorkflowExecutionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

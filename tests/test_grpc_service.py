@@ -1,0 +1,149 @@
+"""The gRPC surface: stubs generated from the proto as committed, the proto as the contract
+says, standard health checking and server reflection."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from fastapi import FastAPI
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from protos import execution_pb2
+from tests.live_server import REPO
+
+if TYPE_CHECKING:
+    from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
+
+
+def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
+    """Compiles the proto afresh and compares descriptors (not text, which names the version
+    of the compiler): a stub generated from an older proto fails here."""
+    descriptor_set = tmp_path / "execution.desc"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{REPO}",
+            f"--descriptor_set_out={descriptor_set}",
+            "protos/execution.proto",
+        ],
+        check=True,
+        cwd=REPO,
+    )
+    fresh = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes()).file[0]
+    for message in fresh.message_type:
+        for field in message.field:
+            field.ClearField("json_name")  # protoc fills it in descriptor sets only
+    committed = descriptor_pb2.FileDescriptorProto.FromString(
+        execution_pb2.DESCRIPTOR.serialized_pb
+    )
+    assert fresh == committed, "protos/execution_pb2.py is stale: run scripts/gen-protos"
+    service = fresh.service[0]
+    grpc_stubs = (REPO / "protos" / "execution_pb2_grpc.py").read_text()
+    for method in service.method:
+        assert f"/execution.WorkflowExecution/{method.name}" in grpc_stubs
+
+
+def test_the_proto_is_the_contract() -> None:
+    proto = descriptor_pb2.FileDescriptorProto()
+    execution_pb2.DESCRIPTOR.CopyToProto(proto)
+    assert proto.package == "execution"
+    service = proto.service[0]
+    assert service.name == "WorkflowExecution"
+    methods = {m.name: (m.input_type, m.output_type, m.server_streaming) for m in service.method}
+    assert methods == {
+        "ExecuteWorkflow": (
+            ".execution.ExecuteWorkflowRequest",
+            ".execution.ExecuteWorkflowResponse",
+            False,
+        ),
+        "GetWorkflowStatus": (
+            ".execution.GetWorkflowStatusRequest",
+            ".execution.WorkflowStatusResponse",
+            False,
+        ),
+        "WatchExecution": (
+            ".execution.GetWorkflowStatusRequest",
+            ".execution.WorkflowStatusResponse",
+            True,
+        ),
+        "CancelExecution": (
+            ".execution.CancelExecutionRequest",
+            ".execution.WorkflowStatusResponse",
+            False,
+        ),
+    }
+    fields = {
+        message.name: [(f.name, f.number, f.type, f.label) for f in message.field]
+        for message in proto.message_type
+    }
+    t = descriptor_pb2.FieldDescriptorProto
+    one, many = t.LABEL_OPTIONAL, t.LABEL_REPEATED
+    i32, string, message = t.TYPE_INT32, t.TYPE_STRING, t.TYPE_MESSAGE
+    assert fields["ExecuteWorkflowRequest"] == [
+        ("workflow_id", 1, i32, one),
+        ("idempotency_key", 2, string, one),
+    ]
+    assert fields["ExecuteWorkflowResponse"] == [
+        ("execution_id", 1, i32, one),
+        ("status", 2, string, one),
+    ]
+    assert fields["GetWorkflowStatusRequest"] == [("execution_id", 1, i32, one)]
+    assert fields["CancelExecutionRequest"] == [("execution_id", 1, i32, one)]
+    assert fields["WorkflowStatusResponse"] == [
+        ("execution_id", 1, i32, one),
+        ("workflow_id", 2, i32, one),
+        ("status", 3, string, one),
+        ("started_at", 4, string, one),
+        ("completed_at", 5, string, one),
+        ("tasks", 6, message, many),
+        ("error", 7, string, one),
+    ]
+    assert fields["TaskStatus"] == [
+        ("task_id", 1, i32, one),
+        ("name", 2, string, one),
+        ("order", 3, i32, one),
+        ("status", 4, string, one),
+        ("attempts", 5, i32, one),
+        ("started_at", 6, string, one),
+        ("completed_at", 7, string, one),
+        ("error", 8, string, one),
+        ("output_json", 9, string, one),
+    ]
+
+
+@pytest.fixture
+async def channel(app: FastAPI) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{app.state.exec_service.port}")
+
+
+async def test_health(channel: grpc.aio.Channel, stub: WorkflowExecutionAsyncStub) -> None:
+    # The health and reflection stubs are typed for sync channels only.
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "execution.WorkflowExecution"):
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    await channel.close()
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    reflection: Any = reflection_pb2_grpc.ServerReflectionStub(channel)  # type: ignore[arg-type]
+
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = set()
+    async for answer in reflection.ServerReflectionInfo(requests()):
+        names = {service.name for service in answer.list_services_response.service}
+        break
+    await channel.close()
+    assert {"execution.WorkflowExecution", "grpc.health.v1.Health"} <= names
