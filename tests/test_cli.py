@@ -98,7 +98,18 @@ def test_no_command_prints_help() -> None:
         "http://127.0.0.1:1",
     )
     assert result.returncode == 0
-    for command in ("serve", "api", "create", "list", "get", "add-task"):
+    for command in (
+        "serve",
+        "api",
+        "grpc",
+        "create",
+        "list",
+        "get",
+        "add-task",
+        "execute",
+        "status",
+        "watch",
+    ):
         assert command in result.stdout
 
 
@@ -109,3 +120,72 @@ def test_the_workflow_console_script_is_installed() -> None:
     )
     assert result.returncode == 0
     assert "add-task" in result.stdout
+
+
+def run_grpc_cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REST_API_URL": server.url, "GRPC_API_URL": server.grpc_target}
+    return subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def make_workflow(server: LiveServer, parameters: dict[str, object]) -> int:
+    workflow = json.loads(run_cli(server.url, "create", "runs").stdout)
+    added = run_cli(
+        server.url,
+        "add-task",
+        str(workflow["id"]),
+        "step",
+        "--order",
+        "1",
+        "--params",
+        json.dumps(parameters),
+    )
+    assert added.returncode == 0, added.stdout
+    workflow_id: int = workflow["id"]
+    return workflow_id
+
+
+def test_execute_status_and_watch(server: LiveServer) -> None:
+    workflow_id = make_workflow(server, {"duration": 0.2})
+    started = run_grpc_cli(server, "execute", str(workflow_id))
+    assert started.returncode == 0, started.stdout + started.stderr
+    first, second = started.stdout.splitlines()
+    assert first.startswith("Execution started with ID: ")
+    assert second == "Status: in_progress"
+    execution_id = first.rsplit(" ", 1)[1]
+
+    watched = run_grpc_cli(server, "watch", execution_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    lines = watched.stdout.splitlines()
+    assert lines[-1] == "Status: completed | step=completed"
+
+    status = run_grpc_cli(server, "status", execution_id)
+    assert status.returncode == 0
+    labels = [line.split(":", 1)[0] for line in status.stdout.splitlines()]
+    assert labels == ["Execution ID", "Workflow ID", "Status", "Started at", "Completed at"]
+    assert f"Workflow ID: {workflow_id}" in status.stdout
+    assert "Status: completed" in status.stdout
+
+
+def test_watch_exits_1_unless_completed(server: LiveServer) -> None:
+    workflow_id = make_workflow(server, {"duration": -1})  # noop refuses: the task fails
+    started = run_grpc_cli(server, "execute", str(workflow_id))
+    execution_id = started.stdout.splitlines()[0].rsplit(" ", 1)[1]
+    watched = run_grpc_cli(server, "watch", execution_id)
+    assert watched.returncode == 1
+    assert watched.stdout.splitlines()[-1].startswith("Status: failed")
+
+
+def test_grpc_commands_report_errors(server: LiveServer) -> None:
+    missing = run_grpc_cli(server, "status", "2147483000")
+    assert missing.returncode == 1
+    assert missing.stdout.strip() == "Error: API Error (NOT_FOUND): Execution not found"
+    invalid = run_grpc_cli(server, "execute", "0")
+    assert invalid.returncode == 1
+    assert invalid.stdout.startswith("Error: API Error (INVALID_ARGUMENT): ")
