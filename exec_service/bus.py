@@ -26,6 +26,14 @@ QUEUE_SIZE = 256  # announcements a subscriber may fall behind before it must re
 CONTROL_CHANNEL = "control"  # engine-to-engine notices (cancel requests)
 REDIS_CHANNEL = "events:{channel}"  # below the configured key prefix
 RECONNECT_DELAY_SECONDS = 0.5
+# Announcements waiting to go out to Redis; past this many (Redis stalled) new ones are dropped,
+# and watchers catch up by re-reading.
+OUTBOX_SIZE = 10_000
+# Announcements sent in one pipelined round trip at most.
+PUBLISH_BATCH = 500
+# How long a new subscriber waits for Redis to confirm its channel before it goes on anyway
+# (it still re-reads the database when the bus stays quiet).
+CONFIRM_SECONDS = 2.0
 
 
 def execution_channel(execution_id: int) -> str:
@@ -134,41 +142,64 @@ class RedisBus:
         self._fanout = _LocalFanout()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX_SIZE)
+        # Set when Redis confirms a channel: only then does it deliver what is published there.
+        self._confirmed: dict[str, asyncio.Event] = {}
         self._lock = asyncio.Lock()
 
     def _key(self, channel: str) -> str:
         return self._prefix + REDIS_CHANNEL.format(channel=channel)
 
     async def start(self) -> None:
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._redis.pubsub()
         # Always subscribed to something, so that reading never meets an idle connection.
         await self._pubsub.subscribe(self._key(CONTROL_CHANNEL))
         self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
+        self._publisher = asyncio.create_task(self._publish_loop(), name="redis-bus-publisher")
 
     async def _read(self) -> None:
         assert self._pubsub is not None
         strip = len(self._prefix + REDIS_CHANNEL.format(channel=""))
         while True:
             try:
-                message = await self._pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=1.0
-                )
+                message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
                 log.warning("event bus lost Redis (%s); watchers will re-read", exc)
                 self._fanout.resync_all()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
                 continue
             channel = message["channel"].decode()[strip:]
-            self._fanout.deliver(channel, message["data"])
+            if message["type"] == "message":
+                self._fanout.deliver(channel, message["data"])
+            elif message["type"] == "subscribe" and channel in self._confirmed:
+                self._confirmed[channel].set()
 
     async def publish(self, channel: str, payload: bytes) -> None:
+        """Queue the announcement; a single sender pipelines them to Redis in order."""
         try:
-            await self._redis.publish(self._key(channel), payload)
-        except (RedisError, OSError) as exc:
+            self._outbox.put_nowait((channel, payload))
+        except asyncio.QueueFull:
             # The change is committed; watchers re-read on their own schedule.
-            log.warning("publishing on %s failed: %s", channel, exc)
+            log.warning("event outbox full (Redis stalled?): dropping an announcement")
+
+    async def _publish_loop(self) -> None:
+        while True:
+            batch = [await self._outbox.get()]
+            while len(batch) < PUBLISH_BATCH and not self._outbox.empty():
+                batch.append(self._outbox.get_nowait())
+            await self._send(batch)
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel, payload in batch:
+                    pipe.publish(self._key(channel), payload)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("publishing %d announcements failed: %s", len(batch), exc)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
@@ -176,16 +207,26 @@ class RedisBus:
         subscription = Subscription()
         async with self._lock:
             if self._fanout.add(channel, subscription) and channel != CONTROL_CHANNEL:
+                self._confirmed[channel] = asyncio.Event()
                 try:
                     await self._pubsub.subscribe(self._key(channel))
                 except (RedisError, OSError) as exc:
                     # The watcher still re-reads the database on its own schedule.
                     log.warning("subscribing to %s failed: %s", channel, exc)
+            confirmed = self._confirmed.get(channel)
+        if confirmed is not None:
+            # A watcher reads the current state once subscribed: the subscription must be in
+            # force at Redis by then, or what is published in between would reach nobody.
+            try:
+                await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
+            except TimeoutError:
+                log.warning("Redis did not confirm %s in time; relying on re-reads", channel)
         try:
             yield subscription
         finally:
             async with self._lock:
                 if self._fanout.remove(channel, subscription) and channel != CONTROL_CHANNEL:
+                    self._confirmed.pop(channel, None)
                     with contextlib.suppress(RedisError, OSError):
                         await self._pubsub.unsubscribe(self._key(channel))
 
@@ -193,6 +234,15 @@ class RedisBus:
         await self._redis.ping()
 
     async def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+        leftover = []
+        while not self._outbox.empty():
+            leftover.append(self._outbox.get_nowait())
+        if leftover:
+            await self._send(leftover)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
+
 from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channel
 from exec_service.executors import Executor
 from exec_service.types import ExecutionEvent, TaskRequest
@@ -107,6 +109,9 @@ class Runner:
         self.engine = engine
         self.execution = execution
         self.runs = runs
+        self._by_id = {run.id: run for run in runs}
+        # Each run as events show it, rebuilt only when that run changes.
+        self._run_dicts = {run.id: store.run_dict(run) for run in runs}
         self._write_lock = asyncio.Lock()
 
     async def run(self) -> None:
@@ -263,10 +268,11 @@ class Runner:
             )
             if version is None:
                 raise Fenced(self.execution.id)
-            by_id = {run.id: run for run in self.runs}
             for change in changes:
+                run = self._by_id[change.run_id]
                 for name, value in change.values.items():
-                    setattr(by_id[change.run_id], name, value)
+                    setattr(run, name, value)
+                self._run_dicts[run.id] = store.run_dict(run)
             for name, value in (execution or {}).items():
                 setattr(self.execution, name, value)
             self.execution.version = version
@@ -276,10 +282,16 @@ class Runner:
                 "task_id": task.task_id if task is not None else None,
                 "task_status": task.status if task is not None else None,
                 "at": iso(now()) or "",
-                "execution": store.execution_dict(self.execution, self.runs),
+                "execution": self._snapshot(),
             }
-            payload = json.dumps(event, separators=(",", ":")).encode()
+            payload = orjson.dumps(event)
         await self.engine.bus.publish(execution_channel(self.execution.id), payload)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """store.execution_dict, from the runs' dicts kept since their last change."""
+        snapshot = store.execution_dict(self.execution, ())
+        snapshot["tasks"] = [self._run_dicts[run.id] for run in self.runs]
+        return snapshot
 
 
 class Engine:

@@ -11,10 +11,11 @@ changes that the bus is still delivering.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from exec_service.bus import RESYNC, EventBus, Subscription, execution_channel
 from models import executions as store
@@ -44,7 +45,7 @@ async def _catch_up(subscription: Subscription, version: int, target: int) -> As
         payload = await subscription.get(within=max(0.0, deadline - loop.time()))
         if payload is None or payload == RESYNC:
             return
-        event = json.loads(payload)
+        event = orjson.loads(payload)
         if event["version"] > version:
             version = event["version"]
             yield _update(event)
@@ -73,7 +74,7 @@ async def watch(
                     current = fresh
                     yield Update(current)
                 continue
-            event = json.loads(payload)
+            event = orjson.loads(payload)
             if event["version"] <= current["version"]:
                 continue
             current = event["execution"]

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from tortoise import Tortoise, connections
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api import migrate
@@ -17,10 +18,31 @@ log = logging.getLogger(__name__)
 APP_LABEL = "models"
 
 
+# Connections in the PostgreSQL pool unless the URL says (`?maxsize=`): every running
+# execution writes, and a pool of Tortoise's default 5 queues them.
+POSTGRES_POOL_SIZE = 20
+
+
+async def _keep_session(connection: Any) -> None:
+    """asyncpg's pool resets a connection with a query on every release (advisory locks,
+    cursors, LISTEN, SET). We hold none of those across queries, so the round trip is waste."""
+    return None
+
+
+def _connection(database_url: str) -> str | dict[str, Any]:
+    if not database_url.startswith(("postgres://", "postgresql://", "asyncpg://")):
+        return database_url
+    connection = expand_db_url(database_url)
+    credentials = connection["credentials"]
+    credentials.setdefault("maxsize", POSTGRES_POOL_SIZE)
+    credentials["reset"] = _keep_session
+    return connection
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """The Tortoise configuration for one database URL (`sqlite://PATH` or `postgres://...`)."""
     return {
-        "connections": {"default": database_url},
+        "connections": {"default": _connection(database_url)},
         "apps": {
             APP_LABEL: {
                 "models": ["models.tables"],

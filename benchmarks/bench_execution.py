@@ -1,0 +1,251 @@
+"""Execution-plane figures: how fast the engine runs no-op tasks.
+
+    .venv/bin/python benchmarks/bench_execution.py [--backend postgres-redis|sqlite]
+                                                   [--executor asyncio] [--seconds 10]
+
+Starts `workflow grpc` (the execution service alone) as a subprocess on a fresh database and
+drives it over gRPC from this process, as a client would. Prints:
+
+  (a) wall time of one execution of 40 sequential no-op tasks, ExecuteWorkflow to the final
+      message of WatchExecution (best and median of 5);
+  (b) sustained no-op task completions per second with 200 executions of 10 tasks kept in
+      flight for --seconds;
+  (c) p50 and p99 from ExecuteWorkflow to `completed` for a one-task workflow (300 runs, one
+      at a time), observed through WatchExecution.
+
+`postgres-redis` (the default) creates a PostgreSQL database (dropped at the end) and uses
+Redis under a fresh key prefix; `sqlite` uses a temporary file and the in-process bus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
+
+from protos import execution_pb2 as pb
+from protos import execution_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+START_DEADLINE_SECONDS = 60.0
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def machine() -> str:
+    model = "unknown cpu"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def backend(name: str) -> AsyncIterator[dict[str, str]]:
+    """The environment of a fresh database (and Redis namespace) for the service."""
+    if name == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield {"DATABASE_URL": f"sqlite://{folder}/bench.sqlite3", "REDIS_URL": ""}
+        return
+    database = f"bench_{secrets.token_hex(4)}"
+    prefix = f"bench-{secrets.token_hex(4)}:"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    await admin.close()
+    try:
+        yield {
+            "DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}",
+            "REDIS_URL": REDIS_URL,
+            "WORKFLOW_REDIS_PREFIX": prefix,
+        }
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+        redis = Redis.from_url(REDIS_URL)
+        async for key in redis.scan_iter(match=prefix + "*"):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+@contextlib.contextmanager
+def service(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, str]]:
+    """`workflow serve` (gRPC and the HTTP API for set-up) as a subprocess."""
+    http_port, grpc_port = free_port(), free_port()
+    environment = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    environment.pop("RAY_ADDRESS", None)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "cli.py"),
+                "serve",
+                "--port",
+                str(http_port),
+                "--grpc-port",
+                str(grpc_port),
+            ],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + START_DEADLINE_SECONDS
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not become healthy")
+            time.sleep(0.1)
+        yield url, f"127.0.0.1:{grpc_port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def make_workflow(url: str, tasks: int) -> int:
+    body = {
+        "name": f"{tasks} no-op tasks",
+        "tasks": [{"name": f"t{n}", "order": n} for n in range(tasks)],
+    }
+    response = httpx.post(f"{url}/workflows/", json=body, timeout=30)
+    response.raise_for_status()
+    workflow_id: int = response.json()["id"]
+    return workflow_id
+
+
+async def run_once(stub: Any, workflow_id: int) -> float:
+    """Seconds from ExecuteWorkflow to the terminal message of WatchExecution."""
+    started = time.perf_counter()
+    answer = await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id=workflow_id))
+    request = pb.GetWorkflowStatusRequest(execution_id=answer.execution_id)
+    async for update in stub.WatchExecution(request):
+        if update.status in TERMINAL:
+            if update.status != "completed":
+                raise RuntimeError(f"execution {answer.execution_id} ended {update.status}")
+            break
+    return time.perf_counter() - started
+
+
+async def sequential_forty(stub: Any, url: str) -> list[float]:
+    workflow_id = make_workflow(url, 40)
+    await run_once(stub, workflow_id)  # warm-up
+    return [await run_once(stub, workflow_id) for _ in range(5)]
+
+
+async def wait_done(stub: Any, execution_id: int) -> None:
+    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
+    async for update in stub.WatchExecution(request):
+        if update.status in TERMINAL:
+            return
+
+
+async def throughput(stub: Any, url: str, seconds: float, in_flight: int = 200) -> float:
+    """No-op task completions per second, `in_flight` executions of 10 tasks at all times."""
+    workflow_id = make_workflow(url, 10)
+    completed = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def lane() -> None:
+        nonlocal completed
+        while time.perf_counter() < stop_at:
+            answer = await stub.ExecuteWorkflow(pb.ExecuteWorkflowRequest(workflow_id=workflow_id))
+            await wait_done(stub, answer.execution_id)
+            completed += 10
+
+    began = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(in_flight)))
+    return completed / (time.perf_counter() - began)
+
+
+async def latencies(stub: Any, url: str, runs: int = 300) -> list[float]:
+    workflow_id = make_workflow(url, 1)
+    for _ in range(10):
+        await run_once(stub, workflow_id)  # warm-up
+    return [await run_once(stub, workflow_id) for _ in range(runs)]
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> None:
+    print(f"machine: {machine()}")
+    print(f"backend: {args.backend}, executor: {args.executor}")
+    async with backend(args.backend) as env:
+        env["WORKFLOW_LEASE_SECONDS"] = "10"
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            service(env, Path(folder) / "server.log") as (url, target),
+        ):
+            async with grpc.aio.insecure_channel(target) as channel:
+                health: Any = health_pb2_grpc.HealthStub(channel)
+                await health.Check(health_pb2.HealthCheckRequest(service=""))
+                stub = pb_grpc.WorkflowExecutionStub(channel)
+                forty = await sequential_forty(stub, url)
+                print(
+                    f"(a) 40 sequential no-op tasks: best {min(forty) * 1000:.0f} ms, "
+                    f"median {statistics.median(forty) * 1000:.0f} ms  (target <= 200 ms)"
+                )
+                rate = await throughput(stub, url, args.seconds)
+                print(
+                    f"(b) sustained no-op completions, 200 executions x 10 tasks in flight: "
+                    f"{rate:,.0f} tasks/s  (target >= 1,000/s)"
+                )
+                one = await latencies(stub, url)
+                print(
+                    f"(c) ExecuteWorkflow -> completed, one task: "
+                    f"p50 {percentile(one, 0.5) * 1000:.1f} ms, "
+                    f"p99 {percentile(one, 0.99) * 1000:.1f} ms  (target p50 <= 10 ms)"
+                )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--backend", choices=["postgres-redis", "sqlite"], default="postgres-redis")
+    parser.add_argument("--executor", choices=["asyncio"], default="asyncio")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    asyncio.run(main(parse_args()))
