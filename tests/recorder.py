@@ -1,7 +1,8 @@
 """A real HTTP server for `http` tasks to call: it counts every hit per path.
 
-`GET /hit/LABEL?delay=S` waits S seconds, then answers 200 with {"label": LABEL}. The counts
-tell a test how many times each task really ran, whichever process ran it.
+`GET /hit/LABEL?delay=S&status=N` waits S seconds, then answers N (default 200) with
+{"label": LABEL}. The counts tell a test how many times each task really ran, whichever process
+ran it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class Recorder:
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
 
-    def url(self, label: str, delay: float = 0.0) -> str:
-        return f"{self.base}/hit/{label}?delay={delay}"
+    def url(self, label: str, delay: float = 0.0, status: int = 200) -> str:
+        return f"{self.base}/hit/{label}?delay={delay}&status={status}"
 
     def count(self, label: str) -> int:
         with self.lock:
@@ -38,13 +39,15 @@ def recorder() -> Iterator[Recorder]:
         def do_GET(self) -> None:
             parsed = urlparse(self.path)
             label = parsed.path.removeprefix("/hit/")
-            delay = float(parse_qs(parsed.query).get("delay", ["0"])[0])
+            query = parse_qs(parsed.query)
+            delay = float(query.get("delay", ["0"])[0])
+            status = int(query.get("status", ["200"])[0])
             record = state["recorder"]
             with record.lock:
                 record.hits[label] += 1
             time.sleep(delay)  # this handler's own thread: the delay of a slow endpoint
             body = json.dumps({"label": label}).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
