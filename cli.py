@@ -79,7 +79,24 @@ def _grpc(args: argparse.Namespace) -> None:
     from models.settings import Settings
 
     _logging()
-    asyncio.run(run_execution_service(Settings.from_env(), "asyncio", args.host, args.port))
+    executor = "saq" if args.use_saq else "ray" if args.use_ray else "asyncio"
+    asyncio.run(run_execution_service(Settings.from_env(), executor, args.host, args.port))
+
+
+def _worker(args: argparse.Namespace) -> None:
+    import asyncio
+
+    from models.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.redis_url:
+        raise ApiError("CONFIG", "workflow worker needs Redis: set REDIS_URL")
+    try:
+        from exec_service.worker import run_worker
+    except ImportError as error:
+        raise ApiError("CONFIG", f"pip install 'workflow-engine[saq]' ({error})") from None
+    _logging()
+    asyncio.run(run_worker(settings.redis_url, settings.redis_prefix, args.concurrency))
 
 
 def _grpc_target() -> str:
@@ -212,7 +229,21 @@ def build_parser() -> argparse.ArgumentParser:
     grpc_server = commands.add_parser("grpc", help="run the gRPC execution service alone")
     grpc_server.add_argument("--host", default="127.0.0.1")
     grpc_server.add_argument("--port", type=int, default=50051)
+    where = grpc_server.add_mutually_exclusive_group()
+    where.add_argument(
+        "--use-saq", "--use-rq", action="store_true", help="run tasks on SAQ workers (Redis)"
+    )
+    where.add_argument("--use-ray", action="store_true", help="run tasks on a Ray cluster")
     grpc_server.set_defaults(handler=_grpc)
+
+    worker = commands.add_parser("worker", help="run a SAQ worker (needs REDIS_URL)")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("WORKFLOW_WORKER_CONCURRENCY") or 10),
+        help="tasks run at once by this worker (env WORKFLOW_WORKER_CONCURRENCY, default 10)",
+    )
+    worker.set_defaults(handler=_worker)
 
     create = commands.add_parser("create", help="create a workflow")
     create.add_argument("name")

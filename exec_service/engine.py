@@ -27,8 +27,9 @@ from typing import Any, cast
 
 import orjson
 
+from exec_service.actions.builtin import describe
 from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channel
-from exec_service.executors import Executor
+from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
 from models.executions import RunChange, now
@@ -95,11 +96,6 @@ def _check_output(output: Any) -> dict[str, Any]:
     if size > MAX_OUTPUT_BYTES:
         raise ValueError(f"the action's output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}")
     return output
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return text if text and type(exc).__name__ == "ActionError" else f"{type(exc).__name__}: {text}"
 
 
 class Runner:
@@ -195,8 +191,13 @@ class Runner:
                 error = f"timed out after {run.timeout_seconds:g}s"
             except asyncio.CancelledError:
                 raise
+            except TaskInterrupted as exc:
+                # Not the task's fault: run it again, as after a crash of this process.
+                values = {"interruptions": run.interruptions + 1, "error": str(exc)}
+                await self._write([RunChange(run.id, (RUNNING,), values)], task=run)
+                continue
             except Exception as exc:
-                error = _describe(exc)
+                error = describe(exc)
             else:
                 done = {"status": COMPLETED, "completed_at": now(), "output": output, "error": None}
                 await self._write([RunChange(run.id, (RUNNING,), done)], task=run)

@@ -25,9 +25,17 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 class ExecutionService:
-    def __init__(self, settings: Settings, executor: str, host: str, port: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: str,
+        host: str,
+        port: int,
+        embedded_workers: int | None = None,
+    ) -> None:
         self.settings = settings
         self.executor_name = executor
+        self.embedded_workers = embedded_workers
         self.address = f"{host}:{port}"
         self.port = port
         self.bus: EventBus | None = None
@@ -39,7 +47,9 @@ class ExecutionService:
         settings = self.settings
         self.bus = make_bus(settings.redis_url, settings.redis_prefix)
         await self.bus.start()
-        self.executor = make_executor(self.executor_name)
+        self.executor = make_executor(
+            self.executor_name, settings.redis_url, settings.redis_prefix, self.embedded_workers
+        )
         await self.executor.start()
         self.engine = Engine(
             self.executor,

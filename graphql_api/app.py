@@ -65,6 +65,8 @@ class EmbeddedExecution:
     executor: str = "asyncio"
     host: str = "127.0.0.1"
     port: int = 50051
+    # With the saq executor: the concurrency of the SAQ worker run in this process too.
+    workers: int = 10
 
 
 def create_app(
@@ -83,7 +85,11 @@ def create_app(
         try:
             if embedded is not None:
                 service = ExecutionService(
-                    settings, embedded.executor, embedded.host, embedded.port
+                    settings,
+                    embedded.executor,
+                    embedded.host,
+                    embedded.port,
+                    embedded_workers=embedded.workers if embedded.executor == "saq" else None,
                 )
                 await service.start()
                 target = f"127.0.0.1:{service.port}"

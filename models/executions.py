@@ -243,7 +243,15 @@ async def apply_change(
 
 
 # Columns the fast path may set, with how a value is sent (JSON columns go as text).
-_RUN_COLUMNS = {"status", "attempts", "started_at", "completed_at", "error", "output"}
+_RUN_COLUMNS = {
+    "status",
+    "attempts",
+    "interruptions",
+    "started_at",
+    "completed_at",
+    "error",
+    "output",
+}
 _EXECUTION_COLUMNS = {"status", "completed_at", "error"}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,28 +24,45 @@ if TYPE_CHECKING:
     from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
 
 BACKENDS = ["sqlite", "postgres-redis"]
-
-
-@pytest.fixture(scope="session", params=BACKENDS)
-async def settings(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Settings]:
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("sqlite") / "workflows.sqlite3"
-        yield Settings(database_url=f"sqlite://{path}", **FAST)
-        return
-    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield Settings(database_url=database_url, redis_url=url, redis_prefix=prefix, **FAST)
-
+# The execution behaviour suite runs on every executor too (on PostgreSQL with Redis):
+# its modules say `pytestmark = pytest.mark.parametrize("backend", EXECUTION_BACKENDS, ...)`.
+EXECUTION_BACKENDS = [*BACKENDS, "postgres-redis-saq", "postgres-redis-ray"]
 
 # Short retry delays keep the retry tests quick; the rules are the same at any scale.
 FAST: dict[str, Any] = {"retry_base_seconds": 0.05, "lease_seconds": 5.0}
 
 
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    settings: Settings
+    executor: str  # asyncio, saq or ray
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+async def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Backend]:
+    name: str = request.param
+    executor = name.removeprefix("postgres-redis-") if name.count("-") == 2 else "asyncio"
+    if executor == "ray":
+        from tests.ray_cluster import ensure_ray
+
+        ensure_ray()
+    if name == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "workflows.sqlite3"
+        yield Backend(name, Settings(database_url=f"sqlite://{path}", **FAST), executor)
+        return
+    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
+        settings = Settings(database_url=database_url, redis_url=url, redis_prefix=prefix, **FAST)
+        yield Backend(name, settings, executor)
+
+
 @pytest.fixture(scope="session")
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+async def app(backend: Backend) -> AsyncIterator[FastAPI]:
     """The app as `workflow serve` runs it (execution service embedded), lifespan started."""
-    application = create_app(settings, EmbeddedExecution(port=free_port()))
+    embedded = EmbeddedExecution(executor=backend.executor, port=free_port())
+    application = create_app(backend.settings, embedded)
     async with LifespanManager(application):
         yield application  # our lifespan keeps its state on app.state, not in lifespan state
 

@@ -1,8 +1,8 @@
 """A real HTTP server for `http` tasks to call: it counts every hit per path.
 
-`GET /hit/LABEL?delay=S&status=N` waits S seconds, then answers N (default 200) with
-{"label": LABEL}. The counts tell a test how many times each task really ran, whichever process
-ran it.
+`GET /hit/LABEL?delay=S&status=N&fail=F` waits S seconds, then answers N (default 200) with
+{"label": LABEL, "hit": H}, or 500 for the first F hits of that label. The counts tell a test
+how many times each task really ran, whichever process ran it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ class Recorder:
         self.hits: Counter[str] = Counter()
         self.lock = threading.Lock()
 
-    def url(self, label: str, delay: float = 0.0, status: int = 200) -> str:
-        return f"{self.base}/hit/{label}?delay={delay}&status={status}"
+    def url(self, label: str, delay: float = 0.0, status: int = 200, fail: int = 0) -> str:
+        return f"{self.base}/hit/{label}?delay={delay}&status={status}&fail={fail}"
 
     def count(self, label: str) -> int:
         with self.lock:
@@ -45,8 +45,11 @@ def recorder() -> Iterator[Recorder]:
             record = state["recorder"]
             with record.lock:
                 record.hits[label] += 1
+                hit = record.hits[label]
+            if hit <= int(query.get("fail", ["0"])[0]):
+                status = 500
             time.sleep(delay)  # this handler's own thread: the delay of a slow endpoint
-            body = json.dumps({"label": label}).encode()
+            body = json.dumps({"label": label, "hit": hit}).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))

@@ -30,7 +30,7 @@ async def test_noop_waits_and_answers_an_empty_object() -> None:
 async def test_http_answers_status_headers_and_parsed_body(endpoint: Recorder) -> None:
     output = await http({"url": endpoint.url("ok"), "headers": {"x-test": "1"}})
     assert output["status_code"] == 200
-    assert output["body"] == {"label": "ok"}
+    assert output["body"] == {"label": "ok", "hit": 1}
     assert output["headers"]["content-type"] == "application/json"
     assert endpoint.count("ok") == 1
 

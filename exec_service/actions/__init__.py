@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from exec_service.actions.builtin import http, noop
+from exec_service.actions.builtin import UnknownAction, http, noop
 from exec_service.types import Action
 
 ENTRY_POINT_GROUP = "workflow.actions"
@@ -12,9 +12,7 @@ BUILTIN: dict[str, Action] = {"noop": noop, "http": http}
 
 _loaded: dict[str, Action] | None = None
 
-
-class UnknownAction(LookupError):
-    pass
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "UnknownAction", "available", "get", "register"]
 
 
 def available() -> dict[str, Action]:

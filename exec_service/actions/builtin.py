@@ -17,6 +17,21 @@ class ActionError(Exception):
     """The action ran and failed; the message says why (it becomes the task's error)."""
 
 
+class UnknownAction(LookupError):
+    """No action of that name is installed."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown action"
+
+
+def describe(exc: BaseException) -> str:
+    """An error as a task run records it: an action's own message alone, else type and text."""
+    text = str(exc)
+    if isinstance(exc, ActionError | UnknownAction):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
 async def noop(parameters: dict[str, Any]) -> dict[str, Any]:
     duration = parameters.get("duration", 0)
     if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:

@@ -1,0 +1,100 @@
+"""Runs each task attempt as a SAQ job on Redis, picked up by any `workflow worker`.
+
+The engine stays in the execution service: it enqueues a job, waits for its answer, and on
+cancellation (user cancel, timeout, a sibling's failure) aborts the job. A job SAQ gave up on
+without an answer (its workers kept dying, or it was swept) is an interruption, not a failure
+of the task: the engine runs the task again without counting it against `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from typing import Any
+
+from saq import Job, Queue, Worker
+from saq.job import Status
+from saq.types import Context
+
+from exec_service.actions.builtin import ActionError
+from exec_service.executors import TaskInterrupted
+from exec_service.types import TaskRequest
+from exec_service.worker import (
+    DEFAULT_CONCURRENCY,
+    HEARTBEAT_SECONDS,
+    JOB_FUNCTION,
+    make_queue,
+    make_worker,
+)
+
+log = logging.getLogger(__name__)
+
+# Times SAQ re-queues a job whose worker died before the engine hears of it as an interruption.
+SWEEP_RETRIES = 3
+# How long a wait for a job's answer trusts SAQ's notification before it looks again (SAQ can
+# miss one that lands between its read and its subscription).
+POLL_SECONDS = 1.0
+# Seconds a finished job's record stays in Redis.
+JOB_TTL_SECONDS = 600
+
+
+class SaqExecutor:
+    name = "saq"
+
+    def __init__(self, redis_url: str, prefix: str, embedded_workers: int | None = None) -> None:
+        self.queue: Queue = make_queue(redis_url, prefix)
+        self._embedded = embedded_workers
+        self._worker: Worker[Context] | None = None
+        self._worker_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.queue.connect()
+        if self._embedded:
+            self._worker = make_worker(self.queue, self._embedded, embedded=True)
+            self._worker_task = asyncio.create_task(self._worker.start(), name="saq-worker")
+
+    async def run(self, request: TaskRequest) -> dict[str, Any]:
+        timeout = request["timeout_seconds"]
+        job = Job(
+            JOB_FUNCTION,
+            kwargs={"request": dict(request)},
+            # The engine enforces the task's timeout; SAQ's is a backstop a little later.
+            timeout=math.ceil(timeout) + 5 if timeout else 0,
+            heartbeat=HEARTBEAT_SECONDS,
+            retries=SWEEP_RETRIES,
+            ttl=JOB_TTL_SECONDS,
+        )
+        await self.queue.enqueue(job)
+        try:
+            while job.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
+                with contextlib.suppress(TimeoutError):
+                    await job.refresh(until_complete=POLL_SECONDS)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.queue.abort(job, "cancelled by the engine")
+            raise
+        if job.status == Status.COMPLETE:
+            answer = job.result or {}
+            if answer.get("ok"):
+                output: dict[str, Any] = answer["output"]
+                return output
+            raise ActionError(str(answer.get("error")))
+        if job.status == Status.FAILED:
+            # Our job function answers failures itself: this is SAQ failing to store the answer,
+            # which is what an output that is not JSON does.
+            raise ActionError(f"the worker could not hand the answer back: {job.error}")
+        raise TaskInterrupted(f"SAQ gave the job up: {job.error}")
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker_task
+        await self.queue.disconnect()
+
+
+__all__ = ["DEFAULT_CONCURRENCY", "SaqExecutor"]

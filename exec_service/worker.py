@@ -1,0 +1,94 @@
+"""SAQ workers: where tasks run when the executor is `saq`. `workflow worker` starts one.
+
+A worker runs actions only; it needs Redis, not the database. The engine (in the execution
+service) owns every state change: a worker's answer travels back through the SAQ job.
+Action failures come back as answers (so that the engine's retries and `max_attempts` apply);
+SAQ's own retries are kept for jobs whose worker died (their heartbeat stopped and another
+worker's sweep picked them up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+from saq import Queue, Worker
+from saq.types import Context, PartialTimersDict
+
+from exec_service import actions
+from exec_service.actions.builtin import describe
+from exec_service.types import TaskRequest
+
+log = logging.getLogger(__name__)
+
+JOB_FUNCTION = "run_task"
+# A job whose worker has not touched it for this many seconds is stuck (its worker died)...
+HEARTBEAT_SECONDS = 5
+# ...and it touches it this often while the action runs.
+TOUCH_SECONDS = 1.0
+# How often each worker sweeps stuck jobs back into the queue.
+SWEEP_SECONDS = 2
+DEFAULT_CONCURRENCY = 10
+TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, "worker_info": 10}
+
+
+async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
+    """Run one attempt of a task; answer {"ok": True, "output": ...} or {"ok": False, ...}."""
+    job = ctx["job"]
+
+    async def touch() -> None:
+        while True:
+            await asyncio.sleep(TOUCH_SECONDS)
+            with contextlib.suppress(Exception):
+                await job.update()
+
+    toucher = asyncio.create_task(touch())
+    try:
+        action = actions.get(request["action"])
+        output = await action(dict(request["parameters"]))
+    except asyncio.CancelledError:
+        raise  # aborted by the engine (cancel, timeout): SAQ records it
+    except Exception as exc:
+        return {"ok": False, "error": describe(exc)}
+    finally:
+        toucher.cancel()
+    return {"ok": True, "output": output}
+
+
+def queue_name(prefix: str) -> str:
+    return f"{prefix}tasks"
+
+
+def make_queue(redis_url: str, prefix: str) -> Queue:
+    return Queue.from_url(redis_url, name=queue_name(prefix))
+
+
+class EmbeddedWorker(Worker[Context]):
+    """A worker inside another server's process: the server owns the signals."""
+
+    SIGNALS: list[signal.Signals] = []
+
+
+def make_worker(queue: Queue, concurrency: int, embedded: bool = False) -> Worker[Context]:
+    kind = EmbeddedWorker if embedded else Worker[Context]
+    return kind(
+        queue,
+        functions=[(JOB_FUNCTION, run_task)],
+        concurrency=concurrency,
+        timers=TIMERS,
+    )
+
+
+async def run_worker(redis_url: str, prefix: str, concurrency: int) -> None:
+    """`workflow worker`: process jobs until SIGTERM or SIGINT."""
+    queue = make_queue(redis_url, prefix)
+    await queue.connect()
+    worker = make_worker(queue, concurrency)
+    log.info("SAQ worker on queue %s, concurrency %d", queue_name(prefix), concurrency)
+    try:
+        await worker.start()
+    finally:
+        await queue.disconnect()
