@@ -1,5 +1,6 @@
 """Executors run one attempt of a task and return its output. One interface, several backends
-(in-process asyncio now; SAQ workers and Ray next), chosen by name at start.
+(in-process asyncio, SAQ workers over Redis, a Ray cluster), chosen by name at start; each is
+imported only when chosen, with a hint when its extra is not installed.
 
 The engine cancels the awaiting coroutine to stop a task (timeout, cancel, a sibling's
 failure); an executor that runs tasks elsewhere turns that cancellation into its own.
@@ -12,6 +13,12 @@ from typing import Any, Protocol
 from exec_service.types import TaskRequest
 
 
+class TaskInterrupted(Exception):
+    """The attempt ended without an answer for reasons outside the task (the worker running it
+    died, the queue gave up on it). The engine runs it again without counting it against
+    `max_attempts`, as it does for an attempt cut short by its own process dying."""
+
+
 class Executor(Protocol):
     name: str
 
@@ -20,12 +27,39 @@ class Executor(Protocol):
     async def close(self) -> None: ...
 
 
-EXECUTORS = ("asyncio",)
+EXECUTORS = ("asyncio", "saq", "ray")
 
 
-def make_executor(name: str) -> Executor:
+def _missing(extra: str, error: ImportError) -> RuntimeError:
+    return RuntimeError(
+        f"the {extra} executor needs its extra: pip install 'workflow-engine[{extra}]' ({error})"
+    )
+
+
+def make_executor(
+    name: str,
+    redis_url: str | None = None,
+    prefix: str = "wf:",
+    embedded_workers: int | None = None,
+) -> Executor:
+    """The executor called `name`. `saq` needs `redis_url`; with `embedded_workers` it runs a
+    worker of that concurrency in this process too (`workflow serve --executor saq`)."""
     if name == "asyncio":
         from exec_service.executors.asyncio_executor import AsyncioExecutor
 
         return AsyncioExecutor()
+    if name == "ray":
+        try:
+            from exec_service.executors.ray_executor import RayExecutor
+        except ImportError as error:
+            raise _missing("ray", error) from None
+        return RayExecutor()
+    if name == "saq":
+        if not redis_url:
+            raise RuntimeError("the saq executor needs Redis: set REDIS_URL")
+        try:
+            from exec_service.executors.saq_executor import SaqExecutor
+        except ImportError as error:
+            raise _missing("saq", error) from None
+        return SaqExecutor(redis_url, prefix, embedded_workers)
     raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
