@@ -84,10 +84,16 @@ async def get_execution(execution_id: int) -> dict[str, Any]:
     """The execution with its task runs. Raises NotFound."""
     if not valid_id(execution_id):
         raise NotFound(EXECUTION_NOT_FOUND)
-    execution = await Execution.get_or_none(id=execution_id)
-    if execution is None:
-        raise NotFound(EXECUTION_NOT_FOUND)
-    return execution_dict(execution, await ordered_runs(execution_id))
+    while True:
+        execution = await Execution.get_or_none(id=execution_id)
+        if execution is None:
+            raise NotFound(EXECUTION_NOT_FOUND)
+        runs = await ordered_runs(execution_id)
+        # Two reads, two moments: if a change landed between them, the runs may be newer than
+        # the version says, and a watcher would take the change's announcement for news.
+        rows = await Execution.filter(id=execution_id).values("version")
+        if rows and rows[0]["version"] == execution.version:
+            return execution_dict(execution, runs)
 
 
 async def find_execution(execution_id: int) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""Start the real server as a subprocess (`cli.py serve`) and wait until it is healthy."""
+"""Start the real commands (`cli.py serve`, `api`, `grpc`, `worker`) as subprocesses."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 START_DEADLINE_SECONDS = 30.0
@@ -28,9 +31,7 @@ def free_port() -> int:
 
 
 @dataclass(frozen=True)
-class LiveServer:
-    url: str
-    grpc_target: str
+class Process:
     process: subprocess.Popen[bytes]
     log_path: Path
 
@@ -38,36 +39,36 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
 
-@contextmanager
-def live_server(database_url: str, env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
-    """`workflow serve` on a free port with this database; no Redis unless `env` sets it."""
-    port = free_port()
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+@dataclass(frozen=True)
+class LiveServer(Process):
+    url: str
+    grpc_target: str
+
+
+def environment(database_url: str, env: Mapping[str, str] | None) -> dict[str, str]:
+    result = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # Empty rather than absent, so that a `.env` file in the checkout cannot bring Redis back.
-    environment.update({"DATABASE_URL": database_url, "REDIS_URL": "", "PYTHONUNBUFFERED": "1"})
-    environment.update(env or {})
-    workdir = Path(tempfile.mkdtemp(prefix="live-server-"))
-    log_path = workdir / "server.log"
-    grpc_port = free_port()
-    command = [sys.executable, str(REPO / "cli.py"), "serve", "--host", "127.0.0.1"]
-    # The log goes to a file: a pipe nobody reads would fill up and stall the server.
+    result.update({"DATABASE_URL": database_url, "REDIS_URL": "", "PYTHONUNBUFFERED": "1"})
+    result.update(env or {})
+    return result
+
+
+@contextmanager
+def cli_process(arguments: Sequence[str], env: Mapping[str, str]) -> Iterator[Process]:
+    """`cli.py ARGUMENTS` with this environment; stopped (SIGTERM, then SIGKILL) on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="cli-process-"))
+    log_path = workdir / "process.log"
+    # The log goes to a file: a pipe nobody reads would fill up and stall the process.
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "--port", str(port), "--grpc-port", str(grpc_port)],
+            [sys.executable, str(REPO / "cli.py"), *arguments],
             cwd=workdir,
-            env=environment,
+            env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(
-        url=f"http://127.0.0.1:{port}",
-        grpc_target=f"127.0.0.1:{grpc_port}",
-        process=process,
-        log_path=log_path,
-    )
     try:
-        _wait_healthy(server)
-        yield server
+        yield Process(process, log_path)
     finally:
         process.terminate()
         try:
@@ -77,16 +78,51 @@ def live_server(database_url: str, env: Mapping[str, str] | None = None) -> Iter
             process.wait()
 
 
-def _wait_healthy(server: LiveServer) -> None:
+@contextmanager
+def live_server(database_url: str, env: Mapping[str, str] | None = None) -> Iterator[LiveServer]:
+    """`workflow serve` on free ports with this database; no Redis unless `env` sets it."""
+    port, grpc_port = free_port(), free_port()
+    arguments = ["serve", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", str(grpc_port)]
+    with cli_process(arguments, environment(database_url, env)) as process:
+        server = LiveServer(
+            process.process,
+            process.log_path,
+            url=f"http://127.0.0.1:{port}",
+            grpc_target=f"127.0.0.1:{grpc_port}",
+        )
+        wait_http_healthy(server, server.url)
+        yield server
+
+
+def wait_until(check: Callable[[], bool], process: Process, what: str) -> None:
     deadline = time.monotonic() + START_DEADLINE_SECONDS
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        if process.process.poll() is not None:
+            raise RuntimeError(f"exited with {process.process.returncode}:\n{process.log()}")
+        if check():
+            return
+        time.sleep(0.05)  # poll interval while the process boots
+    raise TimeoutError(f"{what} not ready after {START_DEADLINE_SECONDS}s:\n{process.log()}")
+
+
+def wait_http_healthy(process: Process, url: str) -> None:
+    def healthy() -> bool:
         try:
-            response = httpx.get(f"{server.url}/healthz", timeout=1, trust_env=False)
-            if response.status_code == 200:
-                return
+            return httpx.get(f"{url}/healthz", timeout=1, trust_env=False).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.05)  # poll interval while the server boots
-    raise TimeoutError(f"not healthy after {START_DEADLINE_SECONDS}s:\n{server.log()}")
+            return False
+
+    wait_until(healthy, process, url)
+
+
+def wait_grpc_serving(process: Process, target: str) -> None:
+    def serving() -> bool:
+        with grpc.insecure_channel(target) as channel:
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            try:
+                answer = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            except grpc.RpcError:
+                return False
+            return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    wait_until(serving, process, target)

@@ -83,7 +83,7 @@ async def test_async_tasks_between_sync_ones_run_together(
     assert final.status == "completed"
     named = by_name(final)
     took = (moment(final.completed_at) - moment(final.started_at)).total_seconds()
-    assert 1.45 <= took < 2.2, took  # three stages of 0.5 s, not five
+    assert 1.45 <= took < 1.95, took  # three stages of 0.5 s, not five
     group = [named[name] for name in "xyz"]
     assert all(moment(t.started_at) >= moment(named["first"].completed_at) for t in group)
     assert max(moment(t.started_at) for t in group) < min(moment(t.completed_at) for t in group)
@@ -266,7 +266,7 @@ async def test_watch_sends_the_current_state_then_every_change(
         ("completed", (("completed", 1), ("completed", 1))),
     ]
     assert states[-5:] == expected_tail
-    assert len(states) == len(set(states))  # no state sent twice
+    assert len(states) == len(set(states)), [str(u) for u in seen]  # no state sent twice
     after = [
         u async for u in stub.WatchExecution(pb.GetWorkflowStatusRequest(execution_id=execution_id))
     ]
