@@ -1,10 +1,14 @@
 """Execution-plane figures: how fast the engine runs no-op tasks.
 
     .venv/bin/python benchmarks/bench_execution.py [--backend postgres-redis|sqlite]
-                                                   [--executor asyncio] [--seconds 10]
+        [--executor asyncio|saq|ray] [--workers 1 2 4] [--seconds 10] [--raw-saq]
 
-Starts `workflow grpc` (the execution service alone) as a subprocess on a fresh database and
-drives it over gRPC from this process, as a client would. Prints:
+Starts the servers as subprocesses on a fresh database and drives them over gRPC from this
+process, as a client would: for `asyncio`, `workflow serve`; for `saq`, `workflow grpc
+--use-saq` beside `workflow api` and N `workflow worker` processes (concurrency 10 each); for
+`ray`, `workflow grpc --use-ray` with a local Ray of N CPUs (N actors). `--workers` lists the
+N to measure. `--raw-saq` also measures SAQ alone: N plain SAQ workers running a job that does
+nothing, 200 jobs kept in flight, for the same --seconds. Prints:
 
   (a) wall time of one execution of 40 sequential no-op tasks, ExecuteWorkflow to the final
       message of WatchExecution (best and median of 5);
@@ -97,47 +101,63 @@ async def backend(name: str) -> AsyncIterator[dict[str, str]]:
         await redis.aclose()
 
 
-@contextlib.contextmanager
-def service(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, str]]:
-    """`workflow serve` (gRPC and the HTTP API for set-up) as a subprocess."""
-    http_port, grpc_port = free_port(), free_port()
-    environment = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    environment.pop("RAY_ADDRESS", None)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                str(REPO / "cli.py"),
-                "serve",
-                "--port",
-                str(http_port),
-                "--grpc-port",
-                str(grpc_port),
-            ],
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    try:
-        url = f"http://127.0.0.1:{http_port}"
-        deadline = time.monotonic() + START_DEADLINE_SECONDS
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("server did not become healthy")
-            time.sleep(0.1)
-        yield url, f"127.0.0.1:{grpc_port}"
-    finally:
+def spawn(arguments: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(arguments, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def wait_healthy(url: str, processes: list[subprocess.Popen[bytes]], log_path: Path) -> None:
+    deadline = time.monotonic() + START_DEADLINE_SECONDS
+    while True:
+        if any(process.poll() is not None for process in processes):
+            raise RuntimeError(f"a server exited:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("server did not become healthy")
+        time.sleep(0.1)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
         process.terminate()
+    for process in processes:
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+@contextlib.contextmanager
+def service(
+    env: dict[str, str], log_path: Path, executor: str, workers: int
+) -> Iterator[tuple[str, str]]:
+    """The servers for one row, as subprocesses; yields (HTTP URL, gRPC target)."""
+    http_port, grpc_port = free_port(), free_port()
+    environment = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    environment.pop("RAY_ADDRESS", None)
+    cli = [sys.executable, str(REPO / "cli.py")]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if executor == "asyncio":
+            serve = ["serve", "--port", str(http_port), "--grpc-port", str(grpc_port)]
+            processes.append(spawn([*cli, *serve], environment, log_path))
+        else:
+            flag = "--use-saq" if executor == "saq" else "--use-ray"
+            grpc_env = {**environment, "WORKFLOW_RAY_CPUS": str(workers)}
+            grpc_args = ["grpc", "--port", str(grpc_port), flag]
+            processes.append(spawn([*cli, *grpc_args], grpc_env, log_path))
+            api_env = {**environment, "GRPC_TARGET": f"127.0.0.1:{grpc_port}"}
+            processes.append(spawn([*cli, "api", "--port", str(http_port)], api_env, log_path))
+            for _ in range(workers if executor == "saq" else 0):
+                worker = ["worker", "--concurrency", "10"]
+                processes.append(spawn([*cli, *worker], environment, log_path))
+        url = f"http://127.0.0.1:{http_port}"
+        wait_healthy(url, processes, log_path)
+        yield url, f"127.0.0.1:{grpc_port}"
+    finally:
+        stop(processes)
 
 
 def make_workflow(url: str, tasks: int) -> int:
@@ -207,14 +227,51 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+async def raw_saq(workers: int, jobs: int = 3000) -> float:
+    """No-op SAQ jobs per second with `workers` plain SAQ worker processes: `jobs` enqueued at
+    once, timed until the queue has none left incomplete."""
+    from saq.queue.redis import RedisQueue
+
+    name = f"saq-bench-{secrets.token_hex(4)}"
+    env = {**os.environ, "SAQ_BENCH_REDIS_URL": REDIS_URL, "SAQ_BENCH_QUEUE": name}
+    saq_cli = str(Path(sys.executable).parent / "saq")
+    with tempfile.TemporaryDirectory() as folder:
+        log_path = Path(folder) / "saq.log"
+        processes = [
+            spawn([saq_cli, "benchmarks.saq_noop.settings"], env, log_path) for _ in range(workers)
+        ]
+        queue = RedisQueue(Redis.from_url(REDIS_URL, max_connections=1024), name=name)
+        await queue.connect()
+        try:
+            await queue.apply("noop", timeout=30)  # the workers are up
+            began = time.perf_counter()
+            await asyncio.gather(*(queue.enqueue("noop") for _ in range(jobs)))
+            while await queue.count("incomplete"):  # noqa: ASYNC110 - SAQ has no "drained" event
+                await asyncio.sleep(0.02)
+            return jobs / (time.perf_counter() - began)
+        finally:
+            await queue.disconnect()
+            stop(processes)
+
+
 async def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
-    print(f"backend: {args.backend}, executor: {args.executor}")
+    counts = args.workers if args.executor != "asyncio" else [1]
+    for workers in counts:
+        label = "" if args.executor == "asyncio" else f", {workers} worker(s)"
+        print(f"\nbackend: {args.backend}, executor: {args.executor}{label}", flush=True)
+        await measure(args, workers)
+        if args.raw_saq:
+            rate = await raw_saq(workers)
+            print(f"raw SAQ, {workers} worker process(es): {rate:,.0f} no-op jobs/s", flush=True)
+
+
+async def measure(args: argparse.Namespace, workers: int) -> None:
     async with backend(args.backend) as env:
         env["WORKFLOW_LEASE_SECONDS"] = "10"
         with (
             tempfile.TemporaryDirectory() as folder,
-            service(env, Path(folder) / "server.log") as (url, target),
+            service(env, Path(folder) / "server.log", args.executor, workers) as (url, target),
         ):
             async with grpc.aio.insecure_channel(target) as channel:
                 health: Any = health_pb2_grpc.HealthStub(channel)
@@ -241,8 +298,10 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--backend", choices=["postgres-redis", "sqlite"], default="postgres-redis")
-    parser.add_argument("--executor", choices=["asyncio"], default="asyncio")
+    parser.add_argument("--executor", choices=["asyncio", "saq", "ray"], default="asyncio")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--raw-saq", action="store_true")
     return parser.parse_args(argv)
 
 

@@ -15,7 +15,9 @@ import logging
 import signal
 from typing import Any
 
+from redis.asyncio import Redis
 from saq import Queue, Worker
+from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
@@ -32,6 +34,7 @@ TOUCH_SECONDS = 1.0
 # How often each worker sweeps stuck jobs back into the queue.
 SWEEP_SECONDS = 2
 DEFAULT_CONCURRENCY = 10
+REDIS_CONNECTIONS = 1024
 TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, "worker_info": 10}
 
 
@@ -63,7 +66,10 @@ def queue_name(prefix: str) -> str:
 
 
 def make_queue(redis_url: str, prefix: str) -> Queue:
-    return Queue.from_url(redis_url, name=queue_name(prefix))
+    # redis-py's default pool refuses connections past its size instead of waiting; hundreds
+    # of tasks in flight each hold one for a moment.
+    redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
+    return RedisQueue(redis, name=queue_name(prefix))
 
 
 class EmbeddedWorker(Worker[Context]):

@@ -8,6 +8,7 @@ failure); an executor that runs tasks elsewhere turns that cancellation into its
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 from exec_service.types import TaskRequest
@@ -53,7 +54,8 @@ def make_executor(
             from exec_service.executors.ray_executor import RayExecutor
         except ImportError as error:
             raise _missing("ray", error) from None
-        return RayExecutor()
+        # A local Ray's CPUs (its actor pool size); a cluster (RAY_ADDRESS) has its own.
+        return RayExecutor(num_cpus=int(os.environ.get("WORKFLOW_RAY_CPUS") or 2))
     if name == "saq":
         if not redis_url:
             raise RuntimeError("the saq executor needs Redis: set REDIS_URL")

@@ -34,8 +34,9 @@ log = logging.getLogger(__name__)
 # Times SAQ re-queues a job whose worker died before the engine hears of it as an interruption.
 SWEEP_RETRIES = 3
 # How long a wait for a job's answer trusts SAQ's notification before it looks again (SAQ can
-# miss one that lands between its read and its subscription).
-POLL_SECONDS = 1.0
+# miss one that lands between its read and its subscription): short at first, for short jobs,
+# then doubling up to the last.
+POLL_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # Seconds a finished job's record stays in Redis.
 JOB_TTL_SECONDS = 600
 
@@ -68,9 +69,10 @@ class SaqExecutor:
         )
         await self.queue.enqueue(job)
         try:
+            waits = iter(POLL_SECONDS)
             while job.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
                 with contextlib.suppress(TimeoutError):
-                    await job.refresh(until_complete=POLL_SECONDS)
+                    await job.refresh(until_complete=next(waits, POLL_SECONDS[-1]))
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.queue.abort(job, "cancelled by the engine")
