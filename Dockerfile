@@ -1,4 +1,4 @@
-# One image for every role: the command picks it (`api`, `serve`, and later `grpc`, `worker`).
+# One image for every role: the command picks it (`api`, `grpc`, `worker`, `serve`).
 # Checked by tests/test_containers.py, which parses this file: Docker does not run where the
 # tests run.
 FROM python:3.12-slim
@@ -22,10 +22,12 @@ COPY exec_service/ exec_service/
 COPY protos/ protos/
 COPY cli.py ./
 
-# A regular (not editable) install: the `workflow` script runs the installed packages.
+# A regular (not editable) install: the `workflow` script runs the installed packages. With
+# the executors' extras, so that every role runs from this one image: `saq` for
+# `workflow worker` and `workflow grpc --use-saq`, `ray` for `workflow grpc --use-ray`.
 # /app stays root-owned except for the directory itself, which `app` may write: the default
 # DATABASE_URL is a SQLite file in the working directory.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir '.[saq,ray]' \
     && chown app:app /app
 
 USER app
@@ -33,8 +35,11 @@ USER app
 # 8000: HTTP API (GraphQL, REST, health). 50051: gRPC execution service.
 EXPOSE 8000 50051
 
-# The HTTP roles' readiness (database and Redis answer). The slim image has no curl, so Python
-# asks; urlopen raises on a 503. Roles without HTTP (grpc, worker) override this in compose.
+# The HTTP roles' (`api`, `serve`: the default command's) readiness: database and Redis
+# answer. The slim image has no curl, so Python asks; urlopen raises on a 503. The roles
+# without HTTP set their own check where they run: compose.yaml gives `grpc` a
+# grpc.health.v1 check and `worker` a Redis one; with plain `docker run`, pass
+# `--health-cmd ...` or `--no-healthcheck` for those roles.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 

@@ -275,7 +275,10 @@ async def measure(args: argparse.Namespace, workers: int) -> None:
         ):
             async with grpc.aio.insecure_channel(target) as channel:
                 health: Any = health_pb2_grpc.HealthStub(channel)
-                await health.Check(health_pb2.HealthCheckRequest(service=""))
+                # Ready when the execution service answers (a local Ray takes seconds to start).
+                await health.Check(
+                    health_pb2.HealthCheckRequest(service=""), wait_for_ready=True, timeout=60
+                )
                 stub = pb_grpc.WorkflowExecutionStub(channel)
                 forty = await sequential_forty(stub, url)
                 print(
