@@ -19,6 +19,7 @@ from exec_service.server import ExecutionService
 from graphql_api import health, rest
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.exec_client import ExecutionClient
+from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
 from models.cache import make_cache, set_cache
@@ -134,4 +135,5 @@ def create_app(
         return JSONResponse({"detail": detail}, status_code=exc.http_status)
 
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(FastWorkflowReads)
     return app

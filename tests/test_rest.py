@@ -79,6 +79,8 @@ async def test_get_and_404(client: httpx.AsyncClient) -> None:
     response = await client.get(f"/workflows/{created['id']}")
     assert response.status_code == 200
     assert response.json() == created
+    assert response.headers["content-type"] == "application/json"
+    assert int(response.headers["content-length"]) == len(response.content)
     missing = await client.get("/workflows/2147483000")
     assert missing.status_code == 404
     assert missing.content == b'{"detail":"Workflow not found"}'
