@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import ASTValidationRule, GraphQLError
 from strawberry.extensions import (
     AddValidationRules,
     MaskErrors,
@@ -46,7 +46,10 @@ MAX_DEPTH = 10
 MAX_ALIASES = 30
 MAX_TOKENS = 2_000
 DOCUMENT_CACHE_SIZE = 512
-LIMIT_RULES = [depth_rule(MAX_DEPTH, None, None), aliases_rule(MAX_ALIASES)]
+LIMIT_RULES: list[type[ASTValidationRule]] = [
+    depth_rule(MAX_DEPTH, None, None),
+    aliases_rule(MAX_ALIASES),
+]
 
 
 def _client(info: strawberry.Info) -> ExecutionClient:
