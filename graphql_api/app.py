@@ -19,6 +19,7 @@ from exec_service.server import ExecutionService
 from graphql_api import health, rest
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.exec_client import ExecutionClient
+from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
@@ -134,6 +135,8 @@ def create_app(
         detail: Any = exc.errors if isinstance(exc, Invalid) else exc.message
         return JSONResponse({"detail": detail}, status_code=exc.http_status)
 
+    # The last added runs first: the body limit applies to the GraphQL fast path too.
+    app.add_middleware(FastGraphQLReads)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(FastWorkflowReads)
     return app

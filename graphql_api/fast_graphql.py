@@ -1,0 +1,277 @@
+"""The hottest GraphQL read, `{ workflow(id: ...) { ...fields, tasks { ... } } }`, answered
+without running the GraphQL executor.
+
+Executing a document field by field costs about a millisecond for one workflow with a few
+tasks, some 30 times what reading the cached workflow costs (benchmarks/bench_api.py shows it).
+This ASGI middleware recognises documents that only select plain fields of one workflow and its
+tasks (aliases and __typename allowed; no fragments, directives or other root fields), checks
+each once against the real schema and limits, remembers a plan per document text, and projects
+the cached workflow through the plan: the same data-layer read, and byte for byte the answer
+Strawberry gives (tests compare the two). Every other request goes on to Strawberry unchanged,
+as does any request the plan cannot answer (a bad id, a variable of the wrong type).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    IntValueNode,
+    OperationDefinitionNode,
+    OperationType,
+    StringValueNode,
+    VariableNode,
+    parse,
+    specified_rules,
+    validate,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from graphql_api.inputs import parse_id
+from graphql_api.schema import LIMIT_RULES, MAX_TOKENS, schema
+from models import workflows as store
+from models.errors import NotFound, WorkflowError
+
+log = logging.getLogger(__name__)
+
+PLAN_CACHE_SIZE = 512
+# Field name -> how to render it from the data layer's dict.
+Render = Callable[[dict[str, Any]], Any]
+
+
+def _utc(text: str | None) -> str | None:
+    # Strawberry renders datetimes with isoformat(): "+00:00" where the data layer says "Z".
+    return None if text is None else text.removesuffix("Z") + "+00:00"
+
+
+TASK_FIELDS: dict[str, Render] = {
+    "id": lambda row: str(row["id"]),
+    "workflowId": lambda row: str(row["workflow_id"]),
+    "name": lambda row: row["name"],
+    "description": lambda row: row["description"],
+    "order": lambda row: row["order"],
+    "executionType": lambda row: row["execution_type"].upper(),
+    "action": lambda row: row["action"],
+    "parameters": lambda row: row["parameters"],
+    "maxAttempts": lambda row: row["max_attempts"],
+    "timeoutSeconds": lambda row: row["timeout_seconds"],
+    "__typename": lambda row: "Task",
+}
+WORKFLOW_FIELDS: dict[str, Render] = {
+    "id": lambda row: str(row["id"]),
+    "name": lambda row: row["name"],
+    "description": lambda row: row["description"],
+    "createdAt": lambda row: _utc(row["created_at"]),
+    "updatedAt": lambda row: _utc(row["updated_at"]),
+    "__typename": lambda row: "Workflow",
+}
+
+
+class NotEligible(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to answer one document: where the id comes from, and what to pick from the row."""
+
+    key: str  # the response key of the root field (its alias, or "workflow")
+    id_literal: str | None
+    id_variable: str | None
+    workflow: list[tuple[str, Render | list[tuple[str, Render]]]]
+
+
+def _project(
+    selection: list[tuple[str, Render | list[tuple[str, Render]]]], row: dict[str, Any]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, render in selection:
+        if isinstance(render, list):
+            result[key] = [{k: r(task) for k, r in render} for task in row["tasks"]]
+        else:
+            result[key] = render(row)
+    return result
+
+
+def _simple(field: FieldNode) -> None:
+    if field.directives or field.arguments:
+        raise NotEligible
+
+
+def _fields(selections: Any, allowed: dict[str, Render]) -> list[tuple[str, Render]]:
+    picked = []
+    for selection in selections:
+        if not isinstance(selection, FieldNode) or selection.name.value not in allowed:
+            raise NotEligible
+        _simple(selection)
+        if selection.selection_set is not None:
+            raise NotEligible
+        key = selection.alias.value if selection.alias else selection.name.value
+        picked.append((key, allowed[selection.name.value]))
+    return picked
+
+
+def make_plan(query: str) -> Plan:
+    """A plan for `query`, or NotEligible (then Strawberry answers it, errors included)."""
+    try:
+        document = parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError:
+        raise NotEligible from None
+    if validate(schema._schema, document, [*specified_rules, *LIMIT_RULES]):
+        raise NotEligible
+    if len(document.definitions) != 1:
+        raise NotEligible
+    operation = document.definitions[0]
+    if not isinstance(operation, OperationDefinitionNode):
+        raise NotEligible
+    if operation.operation != OperationType.QUERY or operation.directives:
+        raise NotEligible
+    roots = operation.selection_set.selections
+    if len(roots) != 1 or not isinstance(roots[0], FieldNode):
+        raise NotEligible
+    root = roots[0]
+    if root.name.value != "workflow" or root.directives or root.selection_set is None:
+        raise NotEligible
+    (argument,) = root.arguments or ()  # validation made sure of exactly one: id
+    literal, variable = None, None
+    if isinstance(argument.value, VariableNode):
+        variable = argument.value.name.value
+    elif isinstance(argument.value, StringValueNode | IntValueNode):
+        literal = argument.value.value
+    else:
+        raise NotEligible
+    workflow: list[tuple[str, Render | list[tuple[str, Render]]]] = []
+    for selection in root.selection_set.selections:
+        if not isinstance(selection, FieldNode):
+            raise NotEligible
+        key = selection.alias.value if selection.alias else selection.name.value
+        if selection.name.value == "tasks":
+            _simple(selection)
+            assert selection.selection_set is not None  # validation: an object needs fields
+            workflow.append((key, _fields(selection.selection_set.selections, TASK_FIELDS)))
+        else:
+            workflow.extend(_fields([selection], WORKFLOW_FIELDS))
+    key = root.alias.value if root.alias else "workflow"
+    return Plan(key=key, id_literal=literal, id_variable=variable, workflow=workflow)
+
+
+class FastGraphQLReads:
+    def __init__(self, app: ASGIApp, path: str = "/graphql") -> None:
+        self.app = app
+        self.path = path
+        self._plans: OrderedDict[str, Plan | None] = OrderedDict()
+
+    def _plan(self, query: str) -> Plan | None:
+        if query in self._plans:
+            self._plans.move_to_end(query)
+            return self._plans[query]
+        try:
+            plan: Plan | None = make_plan(query)
+        except NotEligible:
+            plan = None
+        self._plans[query] = plan
+        if len(self._plans) > PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
+        return plan
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/") == self.path
+            and _header(scope, b"content-type").startswith(b"application/json")
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, more = await _read_body(receive)
+        answer = None if more else await self._answer(body)
+        if answer is not None:
+            await _send(send, answer)
+            return
+        await self.app(scope, _replay(body, more, receive), send)
+
+    async def _answer(self, body: bytes) -> bytes | None:
+        try:
+            request = orjson.loads(body)
+            if not isinstance(request, dict) or set(request) - {"query", "variables"}:
+                return None
+            query, variables = request.get("query"), request.get("variables") or {}
+            if not isinstance(query, str) or not isinstance(variables, dict):
+                return None
+            plan = self._plan(query)
+            if plan is None:
+                return None
+            return await _answer_with(plan, variables)
+        except NotEligible:
+            return None
+        except orjson.JSONDecodeError:
+            return None
+        except Exception:
+            # Strawberry answers it instead, masking and logging as it does.
+            log.exception("the GraphQL fast path failed; handing the request to Strawberry")
+            return None
+
+
+async def _answer_with(plan: Plan, variables: dict[str, Any]) -> bytes:
+    raw = plan.id_literal if plan.id_variable is None else variables.get(plan.id_variable)
+    if isinstance(raw, bool) or not isinstance(raw, str | int):
+        raise NotEligible
+    try:
+        workflow_id = parse_id(str(raw))
+    except WorkflowError:
+        raise NotEligible from None
+    try:
+        row = orjson.loads(await store.get_workflow_json(workflow_id))
+    except NotFound:
+        row = None
+    data = {plan.key: None if row is None else _project(plan.workflow, row)}
+    return json.dumps({"data": data}, separators=(",", ":")).encode()
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The first message's body, and whether more are coming (then we do not buffer on)."""
+    message = await receive()
+    body = message.get("body", b"") if message["type"] == "http.request" else b""
+    return body, bool(message.get("more_body", False))
+
+
+def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
+
+
+async def _send(send: Send, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
