@@ -74,6 +74,7 @@ async def test_graphql_fast_path_answers_as_strawberry(
     workflow_id: int,
     query: str,
     variables: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     query = query.replace("{id}", str(workflow_id))
     variables = {k: str(v).replace("{id}", str(workflow_id)) for k, v in variables.items()}
@@ -82,6 +83,8 @@ async def test_graphql_fast_path_answers_as_strawberry(
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.content == await strawberry_answer(app, query, variables)
+    # The fast path answered: it did not fail over to Strawberry.
+    assert not [r for r in caplog.records if r.name == "graphql_api.fast_graphql"]
 
 
 @pytest.mark.parametrize(
