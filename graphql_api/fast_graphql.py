@@ -216,12 +216,14 @@ class FastGraphQLReads:
         ):
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive)
-        answer = None if more else await self._answer(body)
+        body, complete = await _read_body(receive)
+        if not complete:
+            return  # the client left, or the body limit outside us has answered 413
+        answer = await self._answer(body)
         if answer is not None:
             await _send(send, answer)
             return
-        await self.app(scope, _replay(body, more, receive), send)
+        await self.app(scope, _replay(body, receive), send)
 
     async def _answer(self, body: bytes) -> bytes | None:
         try:
@@ -253,20 +255,26 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """The first message's body, and whether more are coming (then we do not buffer on)."""
-    message = await receive()
-    body = message.get("body", b"") if message["type"] == "http.request" else b""
-    return body, bool(message.get("more_body", False))
+    """The whole body (BodySizeLimit, outside, bounds it), and whether it arrived whole."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
 
 
-def _replay(body: bytes, more: bool, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the app the body read here, then what the client sends next."""
     sent = False
 
     async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True
-            return {"type": "http.request", "body": body, "more_body": more}
+            return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
     return replay

@@ -34,7 +34,7 @@ EXECUTE = f"""mutation($w: ID!, $key: String) {{
 async def test_execute_and_read_back(
     client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
 ) -> None:
-    workflow_id = await make_workflow(client, [noop("a", 1), noop("b", 2)])
+    workflow_id = await make_workflow(client, [noop("a", 1, 0.3), noop("b", 2)])
     started = await gql(client, EXECUTE, {"w": str(workflow_id)})
     execution = started["data"]["executeWorkflow"]
     assert execution["workflowId"] == str(workflow_id)
