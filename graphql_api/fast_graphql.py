@@ -256,7 +256,7 @@ def _header(scope: Scope, name: bytes) -> bytes:
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:
     """The whole body (BodySizeLimit, outside, bounds it), and whether it arrived whole."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
