@@ -210,8 +210,8 @@ class FastGraphQLReads:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
             scope["type"] == "http"
-            and scope["method"] == "POST"
             and scope["path"].rstrip("/") == self.path
+            and scope["method"] == "POST"
             and _header(scope, b"content-type").startswith(b"application/json")
         ):
             await self.app(scope, receive, send)
