@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
@@ -31,9 +32,8 @@ RECONNECT_DELAY_SECONDS = 0.5
 OUTBOX_SIZE = 10_000
 # Announcements sent in one pipelined round trip at most.
 PUBLISH_BATCH = 500
-# How long a new subscriber waits for Redis to confirm its channel before it goes on anyway
-# (it still re-reads the database when the bus stays quiet).
-CONFIRM_SECONDS = 2.0
+# How long start() waits for Redis to confirm the subscription.
+CONFIRM_SECONDS = 5.0
 
 
 def execution_channel(execution_id: int) -> str:
@@ -132,7 +132,10 @@ class MemoryBus:
 
 
 class RedisBus:
-    """One pub/sub connection per process, subscribed to the channels local watchers need."""
+    """One pub/sub connection per process, subscribed once to every channel of ours (a pattern):
+    a watcher starts with no round trip to Redis and no subscription to wait for, and
+    delivery to local watchers is by channel, here. The cost is that every process receives
+    every announcement, which at the sizes involved (a few KB each) is the cheaper side."""
 
     name = "redis"
 
@@ -144,19 +147,22 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX_SIZE)
-        # Set when Redis confirms a channel: only then does it deliver what is published there.
-        self._confirmed: dict[str, asyncio.Event] = {}
-        self._lock = asyncio.Lock()
+        # Set when Redis confirms the pattern: only then does it deliver what is published.
+        self._confirmed = asyncio.Event()
 
     def _key(self, channel: str) -> str:
         return self._prefix + REDIS_CHANNEL.format(channel=channel)
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
-        # Always subscribed to something, so that reading never meets an idle connection.
-        await self._pubsub.subscribe(self._key(CONTROL_CHANNEL))
+        # Every channel under our prefix; glob characters in the prefix itself are escaped.
+        prefix = re.sub(r"([*?\[\]\\])", r"\\\1", self._prefix)
+        await self._pubsub.psubscribe(prefix + REDIS_CHANNEL.format(channel="*"))
         self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
         self._publisher = asyncio.create_task(self._publish_loop(), name="redis-bus-publisher")
+        # Watchers read the current state after subscribing: the pattern must be in force at
+        # Redis before anyone relies on it, or what is published in between reaches nobody.
+        await asyncio.wait_for(self._confirmed.wait(), CONFIRM_SECONDS)
 
     async def _read(self) -> None:
         assert self._pubsub is not None
@@ -171,11 +177,10 @@ class RedisBus:
                 continue
             if message is None:
                 continue
-            channel = message["channel"].decode()[strip:]
-            if message["type"] == "message":
-                self._fanout.deliver(channel, message["data"])
-            elif message["type"] == "subscribe" and channel in self._confirmed:
-                self._confirmed[channel].set()
+            if message["type"] == "pmessage":
+                self._fanout.deliver(message["channel"].decode()[strip:], message["data"])
+            elif message["type"] == "psubscribe":
+                self._confirmed.set()
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """Queue the announcement; a single sender pipelines them to Redis in order."""
@@ -205,30 +210,11 @@ class RedisBus:
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
         assert self._pubsub is not None, "start() the bus first"
         subscription = Subscription()
-        async with self._lock:
-            if self._fanout.add(channel, subscription) and channel != CONTROL_CHANNEL:
-                self._confirmed[channel] = asyncio.Event()
-                try:
-                    await self._pubsub.subscribe(self._key(channel))
-                except (RedisError, OSError) as exc:
-                    # The watcher still re-reads the database on its own schedule.
-                    log.warning("subscribing to %s failed: %s", channel, exc)
-            confirmed = self._confirmed.get(channel)
-        if confirmed is not None:
-            # A watcher reads the current state once subscribed: the subscription must be in
-            # force at Redis by then, or what is published in between would reach nobody.
-            try:
-                await asyncio.wait_for(confirmed.wait(), CONFIRM_SECONDS)
-            except TimeoutError:
-                log.warning("Redis did not confirm %s in time; relying on re-reads", channel)
+        self._fanout.add(channel, subscription)
         try:
             yield subscription
         finally:
-            async with self._lock:
-                if self._fanout.remove(channel, subscription) and channel != CONTROL_CHANNEL:
-                    self._confirmed.pop(channel, None)
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._pubsub.unsubscribe(self._key(channel))
+            self._fanout.remove(channel, subscription)
 
     async def ping(self) -> None:
         await self._redis.ping()
