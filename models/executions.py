@@ -80,20 +80,60 @@ def ordered_runs(execution_id: int) -> Any:
     return TaskRun.filter(execution_id=execution_id).order_by("order", "task_id")
 
 
+# The execution and its runs in ONE statement: one snapshot of the database, so the runs are
+# exactly those of the version read (two queries could straddle a change, and a watcher would
+# then take that change's announcement for news, or miss it).
+_SNAPSHOT = (
+    "SELECT e.workflow_id, e.status, e.started_at, e.completed_at, e.error, e.version, "
+    'r.task_id, r.name, r."order", r.status AS run_status, r.attempts, '
+    "r.started_at AS run_started_at, r.completed_at AS run_completed_at, r.output, "
+    "r.error AS run_error "
+    "FROM executions AS e LEFT JOIN task_runs AS r ON r.execution_id = e.id "
+    'WHERE e.id = {mark} ORDER BY r."order", r.task_id'
+)
+
+
+def _moment(value: Any) -> str | None:
+    """A timestamp column as the API shows it, from either driver (SQLite gives text)."""
+    field = Execution._meta.fields_map["started_at"]
+    return iso(field.to_python_value(value)) if value is not None else None
+
+
 async def get_execution(execution_id: int) -> dict[str, Any]:
     """The execution with its task runs. Raises NotFound."""
     if not valid_id(execution_id):
         raise NotFound(EXECUTION_NOT_FOUND)
-    while True:
-        execution = await Execution.get_or_none(id=execution_id)
-        if execution is None:
-            raise NotFound(EXECUTION_NOT_FOUND)
-        runs = await ordered_runs(execution_id)
-        # Two reads, two moments: if a change landed between them, the runs may be newer than
-        # the version says, and a watcher would take the change's announcement for news.
-        rows = await Execution.filter(id=execution_id).values("version")
-        if rows and rows[0]["version"] == execution.version:
-            return execution_dict(execution, runs)
+    connection = Execution._meta.db
+    sql = _SNAPSHOT.format(mark=_placeholders(connection, 1)[0])
+    rows = await connection.execute_query_dict(sql, [execution_id])
+    if not rows:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    first = rows[0]
+    tasks = [
+        {
+            "task_id": row["task_id"],
+            "name": row["name"],
+            "order": row["order"],
+            "status": row["run_status"],
+            "attempts": row["attempts"],
+            "started_at": _moment(row["run_started_at"]),
+            "completed_at": _moment(row["run_completed_at"]),
+            "output": json.loads(row["output"]) if row["output"] is not None else None,
+            "error": row["run_error"],
+        }
+        for row in rows
+        if row["task_id"] is not None
+    ]
+    return {
+        "id": execution_id,
+        "workflow_id": first["workflow_id"],
+        "status": first["status"],
+        "started_at": _moment(first["started_at"]),
+        "completed_at": _moment(first["completed_at"]),
+        "error": first["error"],
+        "tasks": tasks,
+        "version": first["version"],
+    }
 
 
 async def find_execution(execution_id: int) -> dict[str, Any] | None:

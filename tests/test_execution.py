@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from exec_service import actions
+from models import executions as execution_store
 from protos import execution_pb2 as pb
 from tests.conftest import EXECUTION_BACKENDS, Backend
 from tests.executions import (
@@ -317,3 +318,16 @@ async def test_rest_execution_routes(
     assert (await client.get("/workflows/2147483000/executions")).status_code == 404
     bad = await client.post(f"/workflows/{workflow_id}/execute", json={"idempotency_key": 5})
     assert bad.status_code == 422
+
+
+async def test_a_snapshot_reads_as_the_rows_say(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    """get_execution reads in one statement; it must render exactly as the ORM rows do."""
+    final = await run(client, stub, [noop("a", 1), noop("b", 2, execution_type="async")])
+    loaded = await execution_store.load_for_run(final.execution_id)
+    assert loaded is not None
+    execution, runs = loaded
+    snapshot = await execution_store.get_execution(final.execution_id)
+    assert snapshot == execution_store.execution_dict(execution, runs)
+    assert snapshot["tasks"][0]["output"] == {}
