@@ -126,3 +126,13 @@ def wait_grpc_serving(process: Process, target: str) -> None:
             return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     wait_until(serving, process, target)
+
+
+def wait_for(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Poll `condition` until it holds; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)  # poll interval
+    raise AssertionError(f"timed out waiting for {what}")

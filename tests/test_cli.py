@@ -21,8 +21,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield running
 
 
-def run_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REST_API_URL": url}
+def run_cli(url: str, *args: str, grpc_target: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REST_API_URL": url, "GRPC_API_URL": grpc_target}
     return subprocess.run(
         [sys.executable, str(REPO / "cli.py"), *args],
         env=env,
@@ -123,15 +123,7 @@ def test_the_workflow_console_script_is_installed() -> None:
 
 
 def run_grpc_cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REST_API_URL": server.url, "GRPC_API_URL": server.grpc_target}
-    return subprocess.run(
-        [sys.executable, str(REPO / "cli.py"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(server.url, *args, grpc_target=server.grpc_target)
 
 
 def make_workflow(server: LiveServer, parameters: dict[str, object]) -> int:

@@ -3,27 +3,19 @@ Workflow.executions (a DataLoader: a constant number of queries for any number o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 
 from tests.conftest import QueryCounter
 from tests.executions import make_workflow, noop, wait_until_done
+from tests.test_graphql import gql
 
 if TYPE_CHECKING:
     from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
 
 EXECUTION_FIELDS = """id workflowId status startedAt completedAt error
   taskRuns { taskId name order status attempts startedAt completedAt output error }"""
-
-
-async def gql(
-    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables or {}})
-    assert response.status_code == 200, response.text
-    result: dict[str, Any] = response.json()
-    return result
 
 
 EXECUTE = f"""mutation($w: ID!, $key: String) {{

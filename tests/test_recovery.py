@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.live_server import LiveServer, live_server
+from tests.live_server import LiveServer, live_server, wait_for
 from tests.recorder import Recorder, recorder
 from tests.services import fresh_postgres_database, redis_namespace
 
@@ -75,15 +74,6 @@ def states(server: LiveServer, executions: list[int]) -> dict[int, dict[str, Any
         execution_id: httpx.get(f"{server.url}/executions/{execution_id}", timeout=5).json()
         for execution_id in executions
     }
-
-
-def wait_for(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)  # poll interval
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def completed_tasks(snapshot: dict[int, dict[str, Any]]) -> set[tuple[int, str]]:

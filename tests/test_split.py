@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -19,6 +18,7 @@ from tests.live_server import (
     cli_process,
     environment,
     free_port,
+    wait_for,
     wait_grpc_serving,
     wait_http_healthy,
 )
@@ -42,15 +42,6 @@ async def shared_env() -> AsyncIterator[dict[str, str]]:
 def endpoint() -> Iterator[Recorder]:
     with recorder() as running:
         yield running
-
-
-def wait_for(condition: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)  # poll interval
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def http_task(endpoint: Recorder, label: str, order: int, delay: float) -> dict[str, Any]:
