@@ -145,6 +145,12 @@ class RedisBackend:
         self._prefix = prefix
         self._ttl = ttl_seconds
         self._script = self._redis.register_script(_GET_VERSIONED)
+        # Fresh tokens: random per process, a counter within it (no system call per read).
+        self._token_prefix = secrets.token_hex(6)
+        self._tokens = itertools.count(1)
+
+    def _new_token(self) -> str:
+        return f"{self._token_prefix}{next(self._tokens):x}"
 
     def _version_key(self, group: str) -> str:
         return self._prefix + VERSION_KEY.format(group=group)
@@ -156,7 +162,7 @@ class RedisBackend:
             args=[
                 f"{self._prefix}data:{group}:",
                 f":{variant}",
-                secrets.token_hex(8),
+                self._new_token(),
                 self._ttl,
             ],
         )
@@ -169,7 +175,7 @@ class RedisBackend:
     async def bump(self, groups: tuple[str, ...]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for group in groups:
-                pipe.set(self._version_key(group), secrets.token_hex(8), ex=self._ttl)
+                pipe.set(self._version_key(group), self._new_token(), ex=self._ttl)
             await pipe.execute()
 
     async def ping(self) -> None:
