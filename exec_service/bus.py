@@ -76,22 +76,17 @@ class _LocalFanout:
     def __init__(self) -> None:
         self.channels: dict[str, set[Subscription]] = {}
 
-    def add(self, channel: str, subscription: Subscription) -> bool:
-        """Add; True when it is the channel's first local subscriber."""
-        subscribers = self.channels.setdefault(channel, set())
-        subscribers.add(subscription)
-        return len(subscribers) == 1
-
-    def remove(self, channel: str, subscription: Subscription) -> bool:
-        """Remove; True when the channel has no local subscriber left."""
-        subscribers = self.channels.get(channel)
-        if subscribers is None:
-            return False
-        subscribers.discard(subscription)
-        if subscribers:
-            return False
-        del self.channels[channel]
-        return True
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        self.channels.setdefault(channel, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self.channels.get(channel, set())
+            subscribers.discard(subscription)
+            if not subscribers:
+                self.channels.pop(channel, None)
 
     def deliver(self, channel: str, payload: bytes) -> None:
         for subscription in tuple(self.channels.get(channel, ())):
@@ -115,14 +110,8 @@ class MemoryBus:
     async def publish(self, channel: str, payload: bytes) -> None:
         self._fanout.deliver(channel, payload)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription()
-        self._fanout.add(channel, subscription)
-        try:
-            yield subscription
-        finally:
-            self._fanout.remove(channel, subscription)
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self._fanout.subscribe(channel)
 
     async def ping(self) -> None:
         return None
@@ -206,15 +195,10 @@ class RedisBus:
         except (RedisError, OSError) as exc:
             log.warning("publishing %d announcements failed: %s", len(batch), exc)
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         assert self._pubsub is not None, "start() the bus first"
-        subscription = Subscription()
-        self._fanout.add(channel, subscription)
-        try:
-            yield subscription
-        finally:
-            self._fanout.remove(channel, subscription)
+        # The pattern subscription made in start() covers every channel: only local fan-out.
+        return self._fanout.subscribe(channel)
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -18,7 +18,7 @@ from exec_service.engine import Engine
 from exec_service.watch import watch
 from models import executions as store
 from models.errors import Invalid, WorkflowError
-from models.executions import IDEMPOTENCY_KEY_MAX
+from models.inputs import idempotency_key
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 
@@ -81,12 +81,8 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
     ) -> pb.ExecuteWorkflowResponse:
         async def execute() -> pb.ExecuteWorkflowResponse:
             workflow_id = _positive(request.workflow_id, "workflow_id")
-            key = request.idempotency_key
-            if len(key) > IDEMPOTENCY_KEY_MAX or "\x00" in key:
-                raise Invalid(
-                    f"idempotency_key must be at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
-                )
-            execution_id, created = await self.engine.execute(workflow_id, key or None)
+            key = idempotency_key(request.idempotency_key, "idempotency_key")
+            execution_id, created = await self.engine.execute(workflow_id, key)
             status = "in_progress"
             if not created:  # a repeated key: the first execution, as it is now
                 status = (await store.get_execution(execution_id))["status"]

@@ -10,15 +10,14 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
 from models import executions as execution_store
 from models import workflows as store
-from models.errors import WORKFLOW_NOT_FOUND, Invalid, NotFound
-from models.executions import IDEMPOTENCY_KEY_MAX
-from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.errors import WORKFLOW_NOT_FOUND, NotFound
+from models.inputs import INT32_MAX, IdempotencyKey, TaskCreate, WorkflowCreate, WorkflowUpdate
 
 router = APIRouter()
 
@@ -93,7 +92,7 @@ async def delete_task(workflow_id: int, task_id: int) -> Response:
 
 
 class ExecuteBody(BaseModel):
-    idempotency_key: str | None = Field(default=None, max_length=IDEMPOTENCY_KEY_MAX)
+    idempotency_key: IdempotencyKey | None = None
 
 
 def _execution_client(request: Request) -> ExecutionClient:
@@ -105,18 +104,7 @@ def _execution_client(request: Request) -> ExecutionClient:
 async def execute_workflow(
     workflow_id: int, request: Request, body: ExecuteBody | None = None
 ) -> Response:
-    key = body.idempotency_key if body is not None else None
-    if key is not None and "\x00" in key:
-        raise Invalid(
-            "idempotency_key must not contain NUL",
-            [
-                {
-                    "loc": ["body", "idempotency_key"],
-                    "msg": "must not contain NUL characters",
-                    "type": "value_error",
-                }
-            ],
-        )
+    key = (body.idempotency_key or None) if body is not None else None
     if not execution_store.valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
     execution_id = await _execution_client(request).execute(workflow_id, key)

@@ -35,8 +35,8 @@ from graphql_api.types import (
 )
 from models import executions as execution_store
 from models import workflows as store
-from models.errors import Invalid, WorkflowError
-from models.executions import IDEMPOTENCY_KEY_MAX
+from models.errors import WorkflowError
+from models.inputs import idempotency_key as idempotency_key_of
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,6 @@ LIMIT_RULES: list[type[ASTValidationRule]] = [
 def _client(info: strawberry.Info) -> ExecutionClient:
     client: ExecutionClient = info.context["exec_client"]
     return client
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is not None and (len(value) > IDEMPOTENCY_KEY_MAX or "\x00" in value):
-        raise Invalid(
-            f"Invalid input: idempotencyKey: at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
-        )
-    return value or None
 
 
 @strawberry.type
@@ -133,7 +125,7 @@ class Mutation:
         self, info: strawberry.Info, workflow_id: strawberry.ID, idempotency_key: str | None = None
     ) -> Execution:
         workflow = parse_id(workflow_id, "workflowId")
-        key = _idempotency_key(idempotency_key)
+        key = idempotency_key_of(idempotency_key, "idempotencyKey")
         execution_id = await _client(info).execute(workflow, key)
         return Execution.from_dict(await execution_store.get_execution(execution_id))
 

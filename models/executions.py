@@ -32,7 +32,6 @@ from models.tables import Execution, Task, TaskRun, Workflow
 from models.workflows import iso
 
 EXECUTION_NOT_FOUND = "Execution not found"
-IDEMPOTENCY_KEY_MAX = 255
 
 
 def now() -> datetime:

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from models.errors import Invalid
+
 INT32_MAX = 2**31 - 1
 NAME_MAX = 255
 DESCRIPTION_MAX = 10_000
@@ -64,6 +66,19 @@ def _check_action(value: str) -> str:
         known = ", ".join(sorted(available()))
         raise ValueError(f"unknown action {value!r}; installed actions: {known}")
     return value
+
+
+IDEMPOTENCY_KEY_MAX = 255
+IdempotencyKey = Annotated[str, Field(max_length=IDEMPOTENCY_KEY_MAX), AfterValidator(_no_nul)]
+
+
+def idempotency_key(value: str | None, argument: str) -> str | None:
+    """A client's idempotency key, checked as IdempotencyKey is; "" counts as none."""
+    if value and (len(value) > IDEMPOTENCY_KEY_MAX or "\x00" in value):
+        raise Invalid(
+            f"Invalid input: {argument}: at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
+        )
+    return value or None
 
 
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(_no_nul)]

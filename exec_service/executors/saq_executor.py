@@ -22,7 +22,6 @@ from exec_service.actions.builtin import ActionError
 from exec_service.executors import TaskInterrupted
 from exec_service.types import TaskRequest
 from exec_service.worker import (
-    DEFAULT_CONCURRENCY,
     HEARTBEAT_SECONDS,
     JOB_FUNCTION,
     make_queue,
@@ -99,4 +98,4 @@ class SaqExecutor:
         await self.queue.disconnect()
 
 
-__all__ = ["DEFAULT_CONCURRENCY", "SaqExecutor"]
+__all__ = ["SaqExecutor"]
