@@ -53,8 +53,11 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
-def _logging() -> None:
+def _logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # SAQ logs two lines per job at INFO (enqueued, processing, finished): at hundreds of tasks
+    # a second that is most of a worker's output and a fifth of its CPU. `--verbose` shows them.
+    logging.getLogger("saq").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -95,7 +98,7 @@ def _worker(args: argparse.Namespace) -> None:
         from exec_service.worker import run_worker
     except ImportError as error:
         raise ApiError("CONFIG", f"pip install 'workflow-engine[saq]' ({error})") from None
-    _logging()
+    _logging(args.verbose)
     asyncio.run(run_worker(settings.redis_url, settings.redis_prefix, args.concurrency))
 
 
@@ -242,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=int(os.environ.get("WORKFLOW_WORKER_CONCURRENCY") or 10),
         help="tasks run at once by this worker (env WORKFLOW_WORKER_CONCURRENCY, default 10)",
+    )
+    worker.add_argument(
+        "--verbose", action="store_true", help="log every job SAQ processes (SAQ's INFO lines)"
     )
     worker.set_defaults(handler=_worker)
 

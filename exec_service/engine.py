@@ -92,7 +92,8 @@ def stages(runs: Sequence[TaskRun]) -> list[list[TaskRun]]:
 def _check_output(output: Any) -> dict[str, Any]:
     if not isinstance(output, dict):
         raise TypeError(f"the action returned {type(output).__name__}, not a JSON object")
-    size = len(json.dumps(output, allow_nan=False))  # raises on what JSON cannot hold
+    # Raises on what JSON cannot hold (NaN, odd keys) and on text that is not UTF-8.
+    size = len(json.dumps(output, allow_nan=False, ensure_ascii=False).encode())
     if size > MAX_OUTPUT_BYTES:
         raise ValueError(f"the action's output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}")
     return output
@@ -332,12 +333,12 @@ class Engine:
             log.exception("releasing leases failed; they expire by themselves")
 
     async def execute(self, workflow_id: int, idempotency_key: str | None) -> tuple[int, bool]:
-        execution_id, created = await store.create_execution(
+        new = await store.create_execution(
             workflow_id, idempotency_key, self.owner, self.config.lease_seconds
         )
-        if created:
-            self.spawn(execution_id)
-        return execution_id, created
+        if new.created and new.execution is not None:
+            self.spawn(new.id, (new.execution, new.runs))
+        return new.id, new.created
 
     async def cancel(self, execution_id: int) -> dict[str, Any]:
         """Cancel wherever it runs. Raises NotFound. Returns the execution as it now is."""
@@ -362,10 +363,16 @@ class Engine:
         self._commits.add(commit)
         commit.add_done_callback(self._commits.discard)
 
-    def spawn(self, execution_id: int) -> None:
+    def spawn(
+        self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None = None
+    ) -> None:
+        """Run the execution here; `loaded` is its state as just written, if the caller has it
+        (else the runner reads it)."""
         if execution_id in self.runners:
             return
-        task = asyncio.create_task(self._run(execution_id), name=f"execution-{execution_id}")
+        task = asyncio.create_task(
+            self._run(execution_id, loaded), name=f"execution-{execution_id}"
+        )
         self.runners[execution_id] = task
         self._spawned_at[execution_id] = asyncio.get_running_loop().time()
 
@@ -381,9 +388,10 @@ class Engine:
         if task is not None:
             task.cancel()
 
-    async def _run(self, execution_id: int) -> None:
+    async def _run(self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None) -> None:
         try:
-            loaded = await store.load_for_run(execution_id)
+            if loaded is None:
+                loaded = await store.load_for_run(execution_id)
             if loaded is None:
                 return
             execution, runs = loaded

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from saq import Queue, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
+from saq.utils import now
 
 from exec_service import actions
 from exec_service.actions.builtin import describe
@@ -40,15 +41,6 @@ TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, 
 
 async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
     """Run one attempt of a task; answer {"ok": True, "output": ...} or {"ok": False, ...}."""
-    job = ctx["job"]
-
-    async def touch() -> None:
-        while True:
-            await asyncio.sleep(TOUCH_SECONDS)
-            with contextlib.suppress(Exception):
-                await job.update()
-
-    toucher = asyncio.create_task(touch())
     try:
         action = actions.get(request["action"])
         output = await action(dict(request["parameters"]))
@@ -56,16 +48,43 @@ async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
         raise  # aborted by the engine (cancel, timeout): SAQ records it
     except Exception as exc:
         return {"ok": False, "error": describe(exc)}
-    finally:
-        toucher.cancel()
     return {"ok": True, "output": output}
+
+
+async def touch_running_jobs(worker: Worker[Context]) -> None:
+    """Keep the heartbeat of every job this worker runs, every TOUCH_SECONDS: a job whose
+    worker died stops being touched, and a sweep hands it to another worker. One loop per
+    worker rather than one timer per job: most tasks end long before their first touch."""
+    while True:
+        await asyncio.sleep(TOUCH_SECONDS)
+        due = now() - TOUCH_SECONDS * 1000
+        stale = [job for job in list(worker.job_task_contexts) if job.touched <= due]
+        # A failed touch is tried again next round; a job missing several is swept.
+        await asyncio.gather(*(job.update() for job in stale), return_exceptions=True)
+
+
+# Each worker's touch loop, by worker id (SAQ's context is a closed TypedDict).
+_touchers: dict[str, asyncio.Task[None]] = {}
+
+
+async def _start_touching(ctx: Context) -> None:
+    worker = ctx["worker"]
+    _touchers[str(worker.id)] = asyncio.create_task(touch_running_jobs(worker), name="saq-touch")
+
+
+async def _stop_touching(ctx: Context) -> None:
+    toucher = _touchers.pop(str(ctx["worker"].id), None)
+    if toucher is not None:
+        toucher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await toucher
 
 
 def queue_name(prefix: str) -> str:
     return f"{prefix}tasks"
 
 
-def make_queue(redis_url: str, prefix: str) -> Queue:
+def make_queue(redis_url: str, prefix: str) -> RedisQueue:
     # redis-py's default pool refuses connections past its size instead of waiting; hundreds
     # of tasks in flight each hold one for a moment.
     redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
@@ -85,6 +104,8 @@ def make_worker(queue: Queue, concurrency: int, embedded: bool = False) -> Worke
         functions=[(JOB_FUNCTION, run_task)],
         concurrency=concurrency,
         timers=TIMERS,
+        startup=_start_touching,
+        shutdown=_stop_touching,
     )
 
 

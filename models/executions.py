@@ -19,6 +19,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
+from models.batched_changes import batcher
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
 from models.inputs import INT32_MAX
 from models.statuses import (
@@ -28,6 +29,7 @@ from models.statuses import (
     PENDING,
     RUNNING,
 )
+from models.storable import storable_text
 from models.tables import Execution, Task, TaskRun, Workflow
 from models.workflows import iso
 
@@ -155,60 +157,124 @@ async def list_executions(workflow_id: int | None, skip: int, limit: int) -> lis
     return [execution_dict(execution, runs[execution.id]) for execution in executions]
 
 
+@dataclass
+class NewExecution:
+    """What create_execution made: the execution and its runs as stored, ready to run (or,
+    for an idempotency key seen before, the first execution's id alone)."""
+
+    id: int
+    created: bool
+    execution: Execution | None = None
+    runs: list[TaskRun] = field(default_factory=list)
+
+
 async def create_execution(
     workflow_id: int, idempotency_key: str | None, owner: str, lease_seconds: float
-) -> tuple[int, bool]:
+) -> NewExecution:
     """Snapshot the workflow's tasks into a new execution owned by `owner`.
 
-    Returns (execution id, created). With an idempotency key seen before for this workflow,
-    returns the first execution's id and False. Raises NotFound.
+    With an idempotency key seen before for this workflow, answers the first execution's id
+    with `created` False. Raises NotFound.
     """
     if not valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
     if idempotency_key:
         existing = await _by_key(workflow_id, idempotency_key)
         if existing is not None:
-            return existing, False
+            return NewExecution(existing, False)
     started = now()
+    values = {
+        "workflow_id": workflow_id,
+        "idempotency_key": idempotency_key or None,
+        "status": IN_PROGRESS,
+        "created_at": started,
+        "started_at": started,
+        "lease_owner": owner,
+        "lease_expires_at": started + timedelta(seconds=lease_seconds),
+        "version": 1,
+    }
     try:
-        async with in_transaction():
-            if not await Workflow.filter(id=workflow_id).exists():
-                raise NotFound(WORKFLOW_NOT_FOUND)
-            tasks = await Task.filter(workflow_id=workflow_id).order_by("order", "id")
-            execution = await Execution.create(
-                workflow_id=workflow_id,
-                idempotency_key=idempotency_key or None,
-                status=IN_PROGRESS,
-                started_at=started,
-                lease_owner=owner,
-                lease_expires_at=started + timedelta(seconds=lease_seconds),
-                version=1,
-            )
-            await TaskRun.bulk_create(
-                [
-                    TaskRun(
-                        execution_id=execution.id,
-                        task_id=task.id,
-                        name=task.name,
-                        order=task.order,
-                        execution_type=task.execution_type,
-                        action=task.action,
-                        parameters=task.parameters,
-                        max_attempts=task.max_attempts,
-                        timeout_seconds=task.timeout_seconds,
-                        status=PENDING,
-                    )
-                    for task in tasks
-                ]
-            )
+        if Execution._meta.db.capabilities.dialect == "postgres":
+            return await _create_in_one_statement(values)
+        return await _create_in_transaction(values)
     except IntegrityError:
         # Two requests with one key raced; the unique constraint let one through.
         if idempotency_key:
             existing = await _by_key(workflow_id, idempotency_key)
             if existing is not None:
-                return existing, False
+                return NewExecution(existing, False)
+        # Or the workflow was deleted while its execution was being made.
+        if not await Workflow.filter(id=workflow_id).exists():
+            raise NotFound(WORKFLOW_NOT_FOUND) from None
         raise
-    return execution.id, True
+
+
+async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
+    async with in_transaction():
+        workflow_id = values["workflow_id"]
+        if not await Workflow.filter(id=workflow_id).exists():
+            raise NotFound(WORKFLOW_NOT_FOUND)
+        tasks = await Task.filter(workflow_id=workflow_id).order_by("order", "id")
+        execution = await Execution.create(**values)
+        await TaskRun.bulk_create(
+            [
+                TaskRun(
+                    execution_id=execution.id,
+                    task_id=task.id,
+                    name=task.name,
+                    order=task.order,
+                    execution_type=task.execution_type,
+                    action=task.action,
+                    parameters=task.parameters,
+                    max_attempts=task.max_attempts,
+                    timeout_seconds=task.timeout_seconds,
+                    status=PENDING,
+                )
+                for task in tasks
+            ]
+        )
+        runs = list(await ordered_runs(execution.id))
+    return NewExecution(execution.id, True, execution, runs)
+
+
+# The execution and its runs inserted by one statement (atomic without a transaction, one
+# round trip instead of six), answering the runs as stored: one row per run, or a single row
+# of NULL run columns for a workflow without tasks; no row at all when the workflow is gone.
+_CREATE = f"""
+WITH workflow AS (SELECT id FROM workflows WHERE id = $1),
+execution AS (
+    INSERT INTO executions (workflow_id, idempotency_key, status, created_at, started_at,
+                            lease_owner, lease_expires_at, version)
+    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM workflow
+    RETURNING id
+),
+runs AS (
+    INSERT INTO task_runs (execution_id, task_id, name, "order", execution_type, action,
+                           parameters, max_attempts, timeout_seconds, status, attempts,
+                           interruptions)
+    SELECT execution.id, t.id, t.name, t."order", t.execution_type, t.action,
+           t.parameters, t.max_attempts, t.timeout_seconds, '{PENDING}', 0, 0
+    FROM tasks t CROSS JOIN execution
+    WHERE t.workflow_id = $1
+    RETURNING *
+)
+SELECT execution.id AS new_execution_id, runs.* FROM execution LEFT JOIN runs ON true
+"""
+
+
+async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
+    rows = await Execution._meta.db.execute_query_dict(_CREATE, list(values.values()))
+    if not rows:
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    execution_id = rows[0].pop("new_execution_id")
+    execution = Execution._init_from_db(id=execution_id, completed_at=None, error=None, **values)
+    runs = []
+    for row in rows:
+        row.pop("new_execution_id", None)
+        if row["id"] is not None:
+            runs.append(TaskRun._init_from_db(**row))
+    runs.sort(key=lambda run: (run.order, run.task_id))
+    return NewExecution(execution_id, True, execution, runs)
 
 
 async def _by_key(workflow_id: int, key: str) -> int | None:
@@ -263,10 +329,16 @@ async def apply_change(
     None when the fence refused it (lease lost, execution no longer in progress, or a run no
     longer in its expected status); then nothing was written."""
     connection = Execution._meta.db
-    if connection.capabilities.dialect == "postgres" and (
-        not runs or (len(runs) == 1 and not execution)
-    ):
-        return await _apply_in_one_statement(connection, execution_id, owner, runs, execution)
+    if connection.capabilities.dialect == "postgres" and len(runs) <= 1:
+        run = runs[0] if runs else None
+        return await batcher(connection).apply(
+            execution_id,
+            owner,
+            run.run_id if run is not None else None,
+            run.expected if run is not None else (),
+            {name: _db_value(name, value) for name, value in run.values.items()} if run else {},
+            execution or {},
+        )
     try:
         async with in_transaction() as connection:
             version = await _bump_version(connection, execution_id, owner, (IN_PROGRESS,))
@@ -287,70 +359,12 @@ async def apply_change(
     return version
 
 
-# Columns the fast path may set, with how a value is sent (JSON columns go as text).
-_RUN_COLUMNS = {
-    "status",
-    "attempts",
-    "interruptions",
-    "started_at",
-    "completed_at",
-    "error",
-    "output",
-}
-_EXECUTION_COLUMNS = {"status", "completed_at", "error"}
-
-
 def _db_value(column: str, value: Any) -> Any:
     if column == "output" and value is not None:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return storable_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    if column == "error" and value is not None:
+        return storable_text(value)
     return value
-
-
-async def _apply_in_one_statement(
-    connection: BaseDBAsyncClient,
-    execution_id: int,
-    owner: str,
-    runs: Sequence[RunChange],
-    execution: Mapping[str, Any] | None,
-) -> int | None:
-    """The hot path on PostgreSQL: the fence and one run's change in a single statement, so one
-    round trip and no explicit transaction. The run changes only if the fence passed (the CTE
-    refers to it); and once the fence has the execution row locked with this owner and status,
-    no other writer can have moved the run (cancel and take-over change that row first)."""
-    values: list[Any] = [execution_id, owner]
-
-    def mark(value: Any) -> str:
-        values.append(value)
-        return f"${len(values)}"
-
-    sets = ["version = version + 1"]
-    for column, value in (execution or {}).items():
-        assert column in _EXECUTION_COLUMNS, column
-        sets.append(f"{column} = {mark(value)}")
-    fence = (
-        f"UPDATE executions SET {', '.join(sets)} "
-        f"WHERE id = $1 AND lease_owner = $2 AND status = '{IN_PROGRESS}' RETURNING version"
-    )
-    if not runs:
-        rows = await connection.execute_query_dict(fence, values)
-        return int(rows[0]["version"]) if rows else None
-    change = runs[0]
-    assignments = []
-    for column, value in change.values.items():
-        assert column in _RUN_COLUMNS, column
-        assignments.append(f"{column} = {mark(_db_value(column, value))}")
-    run_id, expected = mark(change.run_id), mark(list(change.expected))
-    sql = (
-        f"WITH fence AS ({fence}), changed AS ("
-        f"UPDATE task_runs SET {', '.join(assignments)} "
-        f"WHERE id = {run_id} AND status = ANY({expected}::varchar[]) "
-        "AND EXISTS (SELECT 1 FROM fence) RETURNING id) "
-        "SELECT (SELECT version FROM fence) AS version, (SELECT count(*) FROM changed) AS changed"
-    )
-    rows = await connection.execute_query_dict(sql, values)
-    if not rows or rows[0]["version"] is None or rows[0]["changed"] != 1:
-        return None
-    return int(rows[0]["version"])
 
 
 async def cancel(execution_id: int) -> bool:

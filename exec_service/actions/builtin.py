@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from models.storable import storable_text
+
 # One connection pool for every http task in this process.
 _client: httpx.AsyncClient | None = None
 DEFAULT_HTTP_TIMEOUT = 30.0
@@ -25,11 +27,12 @@ class UnknownAction(LookupError):
 
 
 def describe(exc: BaseException) -> str:
-    """An error as a task run records it: an action's own message alone, else type and text."""
+    """An error as a task run records it: an action's own message alone, else type and text;
+    in text every database stores (see models.executions.storable_text)."""
     text = str(exc)
-    if isinstance(exc, ActionError | UnknownAction):
-        return text
-    return f"{type(exc).__name__}: {text}"
+    if not isinstance(exc, ActionError | UnknownAction):
+        text = f"{type(exc).__name__}: {text}"
+    return storable_text(text)
 
 
 async def noop(parameters: dict[str, Any]) -> dict[str, Any]:

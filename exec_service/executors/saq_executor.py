@@ -14,12 +14,14 @@ import logging
 import math
 from typing import Any
 
-from saq import Job, Queue, Worker
+from saq import Job, Worker
 from saq.job import Status
+from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from exec_service.actions.builtin import ActionError
 from exec_service.executors import TaskInterrupted
+from exec_service.executors.saq_answers import JobAnswers
 from exec_service.types import TaskRequest
 from exec_service.worker import (
     HEARTBEAT_SECONDS,
@@ -32,10 +34,6 @@ log = logging.getLogger(__name__)
 
 # Times SAQ re-queues a job whose worker died before the engine hears of it as an interruption.
 SWEEP_RETRIES = 3
-# How long a wait for a job's answer trusts SAQ's notification before it looks again (SAQ can
-# miss one that lands between its read and its subscription): short at first, for short jobs,
-# then doubling up to the last.
-POLL_SECONDS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 # Seconds a finished job's record stays in Redis.
 JOB_TTL_SECONDS = 600
 
@@ -44,13 +42,15 @@ class SaqExecutor:
     name = "saq"
 
     def __init__(self, redis_url: str, prefix: str, embedded_workers: int | None = None) -> None:
-        self.queue: Queue = make_queue(redis_url, prefix)
+        self.queue: RedisQueue = make_queue(redis_url, prefix)
+        self._answers = JobAnswers(self.queue)
         self._embedded = embedded_workers
         self._worker: Worker[Context] | None = None
         self._worker_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.queue.connect()
+        await self._answers.start()
         if self._embedded:
             self._worker = make_worker(self.queue, self._embedded, embedded=True)
             self._worker_task = asyncio.create_task(self._worker.start(), name="saq-worker")
@@ -59,6 +59,7 @@ class SaqExecutor:
         timeout = request["timeout_seconds"]
         job = Job(
             JOB_FUNCTION,
+            queue=self.queue,
             kwargs={"request": dict(request)},
             # The engine enforces the task's timeout; SAQ's is a backstop a little later.
             timeout=math.ceil(timeout) + 5 if timeout else 0,
@@ -66,16 +67,14 @@ class SaqExecutor:
             retries=SWEEP_RETRIES,
             ttl=JOB_TTL_SECONDS,
         )
-        await self.queue.enqueue(job)
-        try:
-            waits = iter(POLL_SECONDS)
-            while job.status not in (Status.COMPLETE, Status.FAILED, Status.ABORTED):
-                with contextlib.suppress(TimeoutError):
-                    await job.refresh(until_complete=next(waits, POLL_SECONDS[-1]))
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self.queue.abort(job, "cancelled by the engine")
-            raise
+        with self._answers.expect(job) as ended:
+            await self.queue.enqueue(job)
+            try:
+                job = await self._answers.wait(job, ended)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await self.queue.abort(job, "cancelled by the engine")
+                raise
         if job.status == Status.COMPLETE:
             answer = job.result or {}
             if answer.get("ok"):
@@ -95,6 +94,7 @@ class SaqExecutor:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker_task
+        await self._answers.close()
         await self.queue.disconnect()
 
 
