@@ -38,10 +38,18 @@ async def bad_answer(parameters: dict[str, Any]) -> Any:
     return ["not", "an", "object"]
 
 
+async def odd_text(parameters: dict[str, Any]) -> Any:
+    """Text PostgreSQL will not store: NUL in an error, a lone surrogate in an output."""
+    if parameters.get("raise"):
+        raise ValueError("a NUL \x00 in the message")
+    return {"text": "a lone \ud800"}
+
+
 @pytest.fixture(autouse=True, scope="module")
 def test_actions() -> None:
     # In this process only: not on Ray's workers, which load built-in and installed actions.
     actions.register("bad_answer", bad_answer)
+    actions.register("odd_text", odd_text)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +154,20 @@ async def test_a_bad_answer_is_a_failure(
     final = await run(client, stub, [{"name": "bad", "order": 1, "action": "bad_answer"}])
     assert final.status == "failed"
     assert "not a JSON object" in final.tasks[0].error
+
+
+async def test_text_a_database_refuses_fails_the_task_not_the_engine(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
+) -> None:
+    if backend.executor == "ray":
+        pytest.skip("odd_text is registered in this process only; Ray workers cannot see it")
+    final = await run(client, stub, [{"name": "odd", "order": 1, "action": "odd_text"}])
+    assert final.status == "failed"
+    assert "surrogates not allowed" in final.tasks[0].error
+    raising = {"name": "odd", "order": 1, "action": "odd_text", "parameters": {"raise": True}}
+    final = await run(client, stub, [raising])
+    assert final.status == "failed"
+    assert final.tasks[0].error == "ValueError: a NUL \ufffd in the message"
 
 
 async def test_cancel_stops_running_tasks(
