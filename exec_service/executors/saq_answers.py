@@ -21,6 +21,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator
+from typing import Any
 
 from redis.exceptions import RedisError
 from saq import Job
@@ -63,20 +64,25 @@ class JobAnswers:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._handle(message)
             except (RedisError, OSError) as exc:
                 log.warning("lost Redis while waiting for SAQ jobs (%s); re-reading them", exc)
                 self._wake_all()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
-                continue
-            if message is None:
-                continue
-            if message["type"] == "pmessage":
-                if message["data"] in _TERMINAL:
-                    waiter = self._waiters.get(message["channel"].decode())
-                    if waiter is not None:
-                        waiter.set()
-            elif message["type"] == "psubscribe":
-                self._confirmed.set()
+            except Exception:
+                # Never let the reader die: its waiters would fall back to reading every 2 s.
+                log.exception("unexpected message while waiting for SAQ jobs")
+                self._wake_all()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message["type"] == "pmessage":
+            if message["data"] in _TERMINAL:
+                waiter = self._waiters.get(message["channel"].decode())
+                if waiter is not None:
+                    waiter.set()
+        elif message["type"] == "psubscribe":
+            self._confirmed.set()
 
     def _wake_all(self) -> None:
         for waiter in self._waiters.values():

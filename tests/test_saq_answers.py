@@ -1,0 +1,102 @@
+"""How the SAQ executor hears that its jobs ended (exec_service/executors/saq_answers.py), on a
+real Redis, with the job's end written the way SAQ writes it (record, then a notice)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from saq import Job
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+
+from exec_service.executors import TaskInterrupted, saq_answers
+from exec_service.executors.saq_answers import JobAnswers
+from exec_service.worker import make_queue
+from tests.services import redis_namespace
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[RedisQueue]:
+    async with redis_namespace() as (url, prefix):
+        made = make_queue(url, prefix)
+        await made.connect()
+        yield made
+        await made.disconnect()
+
+
+@pytest.fixture
+async def answers(queue: RedisQueue) -> AsyncIterator[JobAnswers]:
+    listening = JobAnswers(queue)
+    await listening.start()
+    yield listening
+    await listening.close()
+
+
+async def end(queue: RedisQueue, job: Job, *, announce: bool = True) -> None:
+    job.status = Status.COMPLETE
+    job.result = {"ok": True, "output": {"n": job.key}}
+    await queue.redis.set(job.id, queue.serialize(job))
+    if announce:
+        await queue.notify(job)
+
+
+async def test_many_waiters_each_get_their_own_answer(
+    queue: RedisQueue, answers: JobAnswers
+) -> None:
+    jobs = [Job("run_task", queue=queue) for _ in range(50)]
+    for job in jobs:
+        await queue.enqueue(job)
+
+    async def wait(job: Job) -> Job:
+        with answers.expect(job) as ended:
+            return await answers.wait(job, ended)
+
+    waiting = [asyncio.create_task(wait(job)) for job in jobs]
+    await asyncio.sleep(0)
+    # Ended together: their records are read back in one MGET (the test only sees answers).
+    await asyncio.gather(*(end(queue, job) for job in reversed(jobs)))
+    done = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert [job.result for job in done] == [{"ok": True, "output": {"n": job.key}} for job in jobs]
+
+
+async def test_an_end_whose_notice_is_lost_is_found_by_reading(
+    queue: RedisQueue, answers: JobAnswers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(saq_answers, "CHECK_SECONDS", 0.2)
+    job = Job("run_task", queue=queue)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        await asyncio.sleep(0.05)
+        await end(queue, job, announce=False)
+        stored = await asyncio.wait_for(waiting, 2)
+    assert stored.status == Status.COMPLETE
+
+
+async def test_a_notice_that_is_not_an_end_keeps_the_waiter_waiting(
+    queue: RedisQueue, answers: JobAnswers
+) -> None:
+    job = Job("run_task", queue=queue)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        await queue.update(job, status=Status.ACTIVE)  # SAQ announces "active" too
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await end(queue, job)
+        assert (await asyncio.wait_for(waiting, 2)).status == Status.COMPLETE
+
+
+async def test_a_job_whose_record_is_gone_is_an_interruption(
+    queue: RedisQueue, answers: JobAnswers
+) -> None:
+    job = Job("run_task", queue=queue)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        await queue.redis.delete(job.id)  # Redis flushed or restarted without persistence
+        await queue.notify(Job("run_task", queue=queue, key=job.key, status=Status.COMPLETE))
+        with pytest.raises(TaskInterrupted):
+            await asyncio.wait_for(waiting, 2)
