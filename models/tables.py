@@ -87,7 +87,8 @@ class Execution(Model):
     class Meta:
         table = "executions"
         unique_together = (("workflow_id", "idempotency_key"),)
-        indexes = (("status", "lease_expires_at"),)
+        # Take-over scans by status and expiry; each owner renews its own leases by owner.
+        indexes = (("status", "lease_expires_at"), ("lease_owner", "status"))
 
 
 class TaskRun(Model):
