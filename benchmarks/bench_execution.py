@@ -17,6 +17,8 @@ nothing, 200 jobs kept in flight, for the same --seconds. Prints:
   (c) p50 and p99 from ExecuteWorkflow to `completed` for a one-task workflow (300 runs, one
       at a time), observed through WatchExecution.
 
+With `--raw-saq`, each row also prints raw SAQ's no-op jobs/s and its ratio to (b).
+
 `postgres-redis` (the default) creates a PostgreSQL database (dropped at the end) and uses
 Redis under a fresh key prefix; `sqlite` uses a temporary file and the in-process bus.
 """
@@ -260,13 +262,15 @@ async def main(args: argparse.Namespace) -> None:
     for workers in counts:
         label = "" if args.executor == "asyncio" else f", {workers} worker(s)"
         print(f"\nbackend: {args.backend}, executor: {args.executor}{label}", flush=True)
-        await measure(args, workers)
+        ours = await measure(args, workers)
         if args.raw_saq:
             rate = await raw_saq(workers)
             print(f"raw SAQ, {workers} worker process(es): {rate:,.0f} no-op jobs/s", flush=True)
+            print(f"raw SAQ / (b): {rate / ours:.2f}  (target <= 2)", flush=True)
 
 
-async def measure(args: argparse.Namespace, workers: int) -> None:
+async def measure(args: argparse.Namespace, workers: int) -> float:
+    """Print (a), (b) and (c) for one row; return (b)."""
     async with backend(args.backend) as env:
         env["WORKFLOW_LEASE_SECONDS"] = "10"
         with (
@@ -296,6 +300,7 @@ async def measure(args: argparse.Namespace, workers: int) -> None:
                     f"p50 {percentile(one, 0.5) * 1000:.1f} ms, "
                     f"p99 {percentile(one, 0.99) * 1000:.1f} ms  (target p50 <= 10 ms)"
                 )
+                return rate
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
