@@ -166,10 +166,12 @@ class ChangeBatcher:
         run_values: Mapping[str, Any],
         execution_values: Mapping[str, Any],
     ) -> int | None:
-        for name in run_values:
-            assert name in RUN_COLUMNS, name
-        for name in execution_values:
-            assert name in EXECUTION_COLUMNS, name
+        # Column names become SQL text: only the known ones, whatever the caller.
+        unknown = (set(run_values) - set(RUN_COLUMNS)) | (
+            set(execution_values) - set(EXECUTION_COLUMNS)
+        )
+        if unknown:
+            raise ValueError(f"not a column a state change may set: {sorted(unknown)}")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[int | None] = loop.create_future()
         if not self._waiting:
