@@ -16,10 +16,9 @@ import signal
 from typing import Any
 
 from redis.asyncio import Redis
-from saq import Queue, Worker
+from saq import Job, Queue, Worker
 from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
-from saq.utils import now
 
 from exec_service import actions
 from exec_service.actions.builtin import describe
@@ -41,6 +40,7 @@ TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, 
 
 async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
     """Run one attempt of a task; answer {"ok": True, "output": ...} or {"ok": False, ...}."""
+    heartbeat = Heartbeat(ctx["job"])
     try:
         action = actions.get(request["action"])
         output = await action(dict(request["parameters"]))
@@ -48,36 +48,43 @@ async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
         raise  # aborted by the engine (cancel, timeout): SAQ records it
     except Exception as exc:
         return {"ok": False, "error": describe(exc)}
+    finally:
+        await heartbeat.stop()
     return {"ok": True, "output": output}
 
 
-async def touch_running_jobs(worker: Worker[Context]) -> None:
-    """Keep the heartbeat of every job this worker runs, every TOUCH_SECONDS: a job whose
-    worker died stops being touched, and a sweep hands it to another worker. One loop per
-    worker rather than one timer per job: most tasks end long before their first touch."""
-    while True:
-        await asyncio.sleep(TOUCH_SECONDS)
-        due = now() - TOUCH_SECONDS * 1000
-        stale = [job for job in list(worker.job_task_contexts) if job.touched <= due]
-        # A failed touch is tried again next round; a job missing several is swept.
-        await asyncio.gather(*(job.update() for job in stale), return_exceptions=True)
+class Heartbeat:
+    """Touches a running job every TOUCH_SECONDS, so that a job whose worker died stops being
+    touched and a sweep hands it to another worker.
 
+    It starts only once the job has run TOUCH_SECONDS (most tasks end sooner, and cost a timer,
+    not a task). It is stopped, and a touch in flight allowed to finish, before the job
+    function returns: a touch rewrites the job's whole record, and one landing after SAQ
+    stored the job's end would put the job back to "active" with no answer, for good.
+    """
 
-# Each worker's touch loop, by worker id (SAQ's context is a closed TypedDict).
-_touchers: dict[str, asyncio.Task[None]] = {}
+    def __init__(self, job: Job) -> None:
+        self._job = job
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(TOUCH_SECONDS, self._start)
 
+    def _start(self) -> None:
+        self._task = asyncio.create_task(self._touch(), name=f"heartbeat-{self._job.key}")
 
-async def _start_touching(ctx: Context) -> None:
-    worker = ctx["worker"]
-    _touchers[str(worker.id)] = asyncio.create_task(touch_running_jobs(worker), name="saq-touch")
+    async def _touch(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):  # a missed touch is made up next round
+                await self._job.update()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), TOUCH_SECONDS)
 
-
-async def _stop_touching(ctx: Context) -> None:
-    toucher = _touchers.pop(str(ctx["worker"].id), None)
-    if toucher is not None:
-        toucher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await toucher
+    async def stop(self) -> None:
+        self._timer.cancel()
+        self._stopping.set()
+        if self._task is not None:
+            # Shielded: even if this job is being cancelled, the touch finishes first.
+            await asyncio.shield(self._task)
 
 
 def queue_name(prefix: str) -> str:
@@ -104,8 +111,6 @@ def make_worker(queue: Queue, concurrency: int, embedded: bool = False) -> Worke
         functions=[(JOB_FUNCTION, run_task)],
         concurrency=concurrency,
         timers=TIMERS,
-        startup=_start_touching,
-        shutdown=_stop_touching,
     )
 
 

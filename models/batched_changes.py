@@ -36,8 +36,9 @@ RUN_COLUMNS = {
     "output": "text",
 }
 EXECUTION_COLUMNS = {"status": "text", "completed_at": "timestamptz", "error": "text"}
-# Changes in one statement at most (a bound on its parameter arrays, not a tuning knob).
-MAX_BATCH = 1000
+# Changes in one statement at most. Past a few hundred a batch saves little more, and every
+# execution in it waits for the whole statement (its rows stay locked until it ends).
+MAX_BATCH = 100
 
 
 def _statement() -> str:
@@ -62,14 +63,18 @@ def _statement() -> str:
     # where its fence passed (the join on `fence`). Every other writer (cancel, take-over)
     # changes the execution row first, and the fence holds that row's lock from its check to
     # the end of the statement, so the run cannot move in between.
+    #
+    # `ready` checks each change's run once, materialized: inlined into the fence, the planner
+    # (which expects one in-progress execution per owner) put the change list inside a nested
+    # loop over executions and ran that check once per pair, quadratic in the batch size.
     return (
         f"WITH d AS (SELECT * FROM unnest({arrays}) AS d({names})), "
-        f"fence AS (UPDATE executions e SET version = e.version + 1, {execution_sets} "
-        # `= ANY($2)`: whatever the estimates, the executions are found by their key.
-        f"FROM d WHERE e.id = d.execution_id AND e.id = ANY($2::int[]) AND e.lease_owner = $1 "
-        f"AND e.status = '{IN_PROGRESS}' AND (d.run_id IS NULL OR EXISTS ("
+        "ready AS MATERIALIZED (SELECT * FROM d WHERE d.run_id IS NULL OR EXISTS ("
         "SELECT 1 FROM task_runs x WHERE x.id = d.run_id "
-        "AND x.status = ANY(string_to_array(d.expected, ',')))) "
+        "AND x.status = ANY(string_to_array(d.expected, ',')))), "
+        f"fence AS (UPDATE executions e SET version = e.version + 1, {execution_sets} "
+        f"FROM ready d WHERE e.id = d.execution_id AND e.id = ANY($2::int[]) "
+        f"AND e.lease_owner = $1 AND e.status = '{IN_PROGRESS}' "
         "RETURNING e.id, e.version), "
         f"changed AS (UPDATE task_runs r SET {run_sets} "
         "FROM d JOIN fence f ON f.id = d.execution_id "

@@ -100,3 +100,57 @@ async def test_a_job_whose_record_is_gone_is_an_interruption(
         await queue.notify(Job("run_task", queue=queue, key=job.key, status=Status.COMPLETE))
         with pytest.raises(TaskInterrupted):
             await asyncio.wait_for(waiting, 2)
+
+
+async def test_an_abort_by_the_sweep_with_a_retry_to_come_is_not_the_end(
+    queue: RedisQueue, answers: JobAnswers
+) -> None:
+    job = Job("run_task", queue=queue, retries=3)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        # A live worker's abort of a swept job lands first; the sweep then requeues it.
+        job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
+        await queue.redis.set(job.id, queue.serialize(job))
+        await queue.notify(job)
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await end(queue, job)  # the requeued job ran on another worker
+        assert (await asyncio.wait_for(waiting, 2)).status == Status.COMPLETE
+
+
+async def test_an_abort_by_the_sweep_with_no_retry_left_is_the_end(
+    queue: RedisQueue, answers: JobAnswers
+) -> None:
+    job = Job("run_task", queue=queue, retries=1)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
+        await queue.redis.set(job.id, queue.serialize(job))
+        await queue.notify(job)
+        assert (await asyncio.wait_for(waiting, 2)).status == Status.ABORTED
+
+
+async def test_redis_away_while_reading_is_waited_out(
+    queue: RedisQueue, answers: JobAnswers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(saq_answers, "RECONNECT_DELAY_SECONDS", 0.05)
+    fetch = answers._fetch
+    failures = 0
+
+    async def failing_twice(job_id: str) -> Job | None:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise ConnectionError("Redis is restarting")
+        return await fetch(job_id)
+
+    monkeypatch.setattr(answers, "_fetch", failing_twice)
+    job = Job("run_task", queue=queue)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        await end(queue, job)
+        assert (await asyncio.wait_for(waiting, 2)).status == Status.COMPLETE
+    assert failures == 2

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 from saq import Job
-from saq.job import TERMINAL_STATUSES
+from saq.job import TERMINAL_STATUSES, Status
 from saq.queue.redis import RedisQueue
 
 from exec_service.executors import TaskInterrupted
@@ -37,6 +37,9 @@ CHECK_SECONDS = 2.0
 # How long start() waits for Redis to confirm the subscription.
 CONFIRM_SECONDS = 5.0
 RECONNECT_DELAY_SECONDS = 0.5
+# How long a job SAQ's sweep aborted may take to be back in the queue (the sweep waits up to
+# 5 s for the abort to land before it requeues the job).
+SWEEP_GRACE_SECONDS = 15.0
 _TERMINAL = frozenset(status.value.encode() for status in TERMINAL_STATUSES)
 
 
@@ -100,17 +103,42 @@ class JobAnswers:
 
     async def wait(self, job: Job, ended: asyncio.Event) -> Job:
         """The job's record once it has ended (`ended` from `expect`)."""
+        loop = asyncio.get_running_loop()
+        swept_at: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_SECONDS):
                     await ended.wait()
             ended.clear()
-            stored = await self._fetch(job.id)
+            try:
+                stored = await self._fetch(job.id)
+            except (RedisError, OSError):
+                # Redis is away for a moment (restarting, a dropped connection): the job may
+                # still end well. Look again once it is back; a task's timeout bounds the wait.
+                await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+                ended.set()  # read again at once: its notice may have come and gone
+                continue
             if stored is None:
                 # Redis lost it (flushed, restarted without persistence): run the task again.
                 raise TaskInterrupted(f"SAQ job {job.key} has no record any more")
-            if stored.status in TERMINAL_STATUSES:
-                return stored
+            if stored.status not in TERMINAL_STATUSES:
+                continue
+            if self._requeued_by_sweep(stored):
+                # SAQ's sweep aborts a job it takes for stuck, then puts it back in the queue.
+                # If its worker was alive after all (its loop blocked past the heartbeat), that
+                # worker records "aborted" first: not the job's end, or the engine would run
+                # the task again beside the requeued job. Past the grace, it is the end.
+                swept_at = loop.time() if swept_at is None else swept_at
+                if loop.time() - swept_at < SWEEP_GRACE_SECONDS:
+                    continue
+            return stored
+
+    def _requeued_by_sweep(self, stored: Job) -> bool:
+        return (
+            stored.status == Status.ABORTED
+            and stored.error == self._queue.swept_error_message
+            and stored.retryable
+        )
 
     async def _fetch(self, job_id: str) -> Job | None:
         """The record of a job; reads asked for in the same turn of the loop share one MGET."""
