@@ -38,7 +38,7 @@ RUN_COLUMNS = {
 EXECUTION_COLUMNS = {"status": "text", "completed_at": "timestamptz", "error": "text"}
 # Changes in one statement at most. Past a few hundred a batch saves little more, and every
 # execution in it waits for the whole statement (its rows stay locked until it ends).
-MAX_BATCH = 100
+MAX_BATCH = 250
 
 
 def _statement() -> str:
@@ -192,16 +192,18 @@ class ChangeBatcher:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send_all(self, batches: list[list[Change]]) -> None:
-        # In turn: a batch may hold a later change of an execution that an earlier one holds.
+    async def _send_all(self, rounds: list[list[list[Change]]]) -> None:
+        # Round by round: a round holds a later change of an execution that an earlier round
+        # holds. The statements of one round touch distinct executions and go together.
         try:
-            for batch in batches:
-                await self._send(batch)
+            for statements in rounds:
+                await asyncio.gather(*(self._send(batch) for batch in statements))
         finally:
-            for batch in batches:  # left unsent when this task was cancelled
-                for change in batch:
-                    if not change.answer.done():
-                        change.answer.cancel()
+            for statements in rounds:  # left unsent when this task was cancelled
+                for batch in statements:
+                    for change in batch:
+                        if not change.answer.done():
+                            change.answer.cancel()
 
     async def _send(self, batch: list[Change]) -> None:
         try:
@@ -236,23 +238,22 @@ class ChangeBatcher:
                 change.answer.set_result(versions.get(change.execution_id))
 
 
-def _batches(changes: list[Change]) -> list[list[Change]]:
-    """Split into statements, keeping the order of arrival: one owner each, an execution at
-    most once each (its second change goes in a later statement), at most MAX_BATCH each."""
-    batches: list[tuple[str, set[int], list[Change]]] = []
+def _batches(changes: list[Change]) -> list[list[list[Change]]]:
+    """Rounds of statements, keeping the order of arrival: round n holds the n-th change of
+    each execution; within a round, one statement per owner (the fence compares with one) and
+    at most MAX_BATCH changes each."""
+    rounds: list[dict[str, list[list[Change]]]] = []
+    seen: dict[int, int] = {}
     for change in changes:
-        for owner, executions, batch in batches:
-            if (
-                owner == change.owner
-                and change.execution_id not in executions
-                and len(batch) < MAX_BATCH
-            ):
-                executions.add(change.execution_id)
-                batch.append(change)
-                break
-        else:
-            batches.append((change.owner, {change.execution_id}, [change]))
-    return [batch for _, _, batch in batches]
+        index = seen.get(change.execution_id, 0)
+        seen[change.execution_id] = index + 1
+        if index == len(rounds):
+            rounds.append({})
+        statements = rounds[index].setdefault(change.owner, [[]])
+        if len(statements[-1]) == MAX_BATCH:
+            statements.append([])
+        statements[-1].append(change)
+    return [[batch for batches in round_.values() for batch in batches] for round_ in rounds]
 
 
 _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChangeBatcher] = (
