@@ -154,3 +154,26 @@ async def test_redis_away_while_reading_is_waited_out(
         await end(queue, job)
         assert (await asyncio.wait_for(waiting, 2)).status == Status.COMPLETE
     assert failures == 2
+
+
+@pytest.mark.parametrize("status", [Status.ACTIVE, Status.ABORTING])
+async def test_a_job_lost_by_saq_is_given_up_and_aborted(
+    queue: RedisQueue, answers: JobAnswers, monkeypatch: pytest.MonkeyPatch, status: Status
+) -> None:
+    """Running untouched, or aborting with no sweep to settle it: its worker died and SAQ
+    lost it. The engine runs the task again rather than wait for ever."""
+    monkeypatch.setattr(saq_answers, "CHECK_SECONDS", 0.1)
+    monkeypatch.setattr(saq_answers, "STALLED_SECONDS", 0.5)
+    job = Job("run_task", queue=queue)
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        await queue.update(job, status=status)  # touched now, then never again
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        with pytest.raises(TaskInterrupted, match="stalled"):
+            await asyncio.wait_for(waiting, 3)
+    stored = await queue.job(job.key)
+    assert stored is not None
+    assert stored.status == Status.ABORTED or stored.status == Status.ABORTING
+    assert stored.error == "stalled: given up by the engine"

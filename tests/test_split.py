@@ -85,7 +85,7 @@ async def test_api_grpc_and_two_workers_as_separate_processes(
         api = stack.enter_context(cli_process(["api", "--port", str(api_port)], api_env))
         wait_http_healthy(api, api_url)
         first_worker = stack.enter_context(
-            cli_process(["worker", "--concurrency", "2"], shared_env)
+            cli_process(["worker", "--concurrency", "2", "--verbose"], shared_env)
         )
 
         tasks = [http_task(endpoint, f"step{n}", n, TASK_SECONDS) for n in range(3)]
@@ -99,7 +99,7 @@ async def test_api_grpc_and_two_workers_as_separate_processes(
                 wait_for, lambda: endpoint.count("step0") == 1, 30, "step0 to start"
             )
             second_worker = stack.enter_context(
-                cli_process(["worker", "--concurrency", "2"], shared_env)
+                cli_process(["worker", "--concurrency", "2", "--verbose"], shared_env)
             )
             first_worker.process.kill()
             first_worker.process.wait(timeout=10)

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from saq import Job
 from saq.job import TERMINAL_STATUSES, Status
 from saq.queue.redis import RedisQueue
+from saq.utils import now as saq_now
 
 from exec_service.executors import TaskInterrupted
 
@@ -37,6 +38,8 @@ CHECK_SECONDS = 2.0
 # How long start() waits for Redis to confirm the subscription.
 CONFIRM_SECONDS = 5.0
 RECONNECT_DELAY_SECONDS = 0.5
+# A job running untouched, or aborting, this long is lost (see JobAnswers._stalled).
+STALLED_SECONDS = 30.0
 # How long a job SAQ's sweep aborted may take to be back in the queue (the sweep waits up to
 # 5 s for the abort to land before it requeues the job).
 SWEEP_GRACE_SECONDS = 15.0
@@ -105,6 +108,7 @@ class JobAnswers:
         """The job's record once it has ended (`ended` from `expect`)."""
         loop = asyncio.get_running_loop()
         swept_at: float | None = None
+        aborting_since: float | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CHECK_SECONDS):
@@ -122,6 +126,21 @@ class JobAnswers:
                 # Redis lost it (flushed, restarted without persistence): run the task again.
                 raise TaskInterrupted(f"SAQ job {job.key} has no record any more")
             if stored.status not in TERMINAL_STATUSES:
+                aborting_since = (
+                    (aborting_since or loop.time()) if stored.status == Status.ABORTING else None
+                )
+                if self._stalled(stored, aborting_since, loop.time()):
+                    # SAQ lost it: its worker died and no sweep handed it on (SAQ issues #124
+                    # and #277 are two ways in). Stop it where it may still run, and run the
+                    # task again: at least once, rather than never.
+                    log.warning(
+                        "SAQ job %s stalled (%s); its task runs again", job.key, stored.status
+                    )
+                    with contextlib.suppress(Exception):
+                        await self._queue.abort(stored, "stalled: given up by the engine")
+                    raise TaskInterrupted(
+                        f"SAQ job {job.key} stalled ({stored.status}): its worker is gone"
+                    )
                 continue
             if self._requeued_by_sweep(stored):
                 # SAQ's sweep aborts a job it takes for stuck, then puts it back in the queue.
@@ -132,6 +151,16 @@ class JobAnswers:
                 if loop.time() - swept_at < SWEEP_GRACE_SECONDS:
                     continue
             return stored
+
+    @staticmethod
+    def _stalled(stored: Job, aborting_since: float | None, moment: float) -> bool:
+        """Running but untouched, or aborting, for STALLED_SECONDS: a live worker touches its
+        jobs every second, and a sweep settles a dead worker's job within about 10 s."""
+        if stored.status == Status.ACTIVE:
+            return saq_now() - stored.touched > STALLED_SECONDS * 1000
+        if aborting_since is not None:
+            return moment - aborting_since > STALLED_SECONDS
+        return False
 
     def _requeued_by_sweep(self, stored: Job) -> bool:
         return (
