@@ -36,6 +36,11 @@ PUBLISH_BATCH = 500
 CONFIRM_SECONDS = 5.0
 
 
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis glob pattern (PSUBSCRIBE, SCAN MATCH)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 def execution_channel(execution_id: int) -> str:
     return f"execution:{execution_id}"
 
@@ -145,7 +150,7 @@ class RedisBus:
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
         # Every channel under our prefix; glob characters in the prefix itself are escaped.
-        prefix = re.sub(r"([*?\[\]\\])", r"\\\1", self._prefix)
+        prefix = glob_escape(self._prefix)
         await self._pubsub.psubscribe(prefix + REDIS_CHANNEL.format(channel="*"))
         self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
         self._publisher = asyncio.create_task(self._publish_loop(), name="redis-bus-publisher")

@@ -9,6 +9,7 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -19,6 +20,9 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 # Tests use a Redis database number of their own, and a key prefix unique to the session.
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+
+if TYPE_CHECKING:
+    from saq.queue.redis import RedisQueue
 
 
 def unavailable(what: str, exc: BaseException) -> None:
@@ -58,7 +62,8 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def redis_namespace() -> AsyncIterator[tuple[str, str]]:
-    """(redis URL, key prefix) for this session; every key under the prefix is deleted after."""
+    """(redis URL, key prefix) for this session; every key under the prefix is deleted after,
+    and so are SAQ's keys for queues named with it (SAQ files them under `saq:`)."""
     client = Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
     try:
         await client.ping()
@@ -74,6 +79,21 @@ async def redis_namespace() -> AsyncIterator[tuple[str, str]]:
     try:
         yield REDIS_TEST_URL, prefix
     finally:
-        async for key in client.scan_iter(match=prefix + "*", count=1000):
-            await client.delete(key)
+        for pattern in (f"{prefix}*", f"saq:*{prefix}*"):
+            async for key in client.scan_iter(match=pattern, count=1000):
+                await client.delete(key)
         await client.aclose()
+
+
+@asynccontextmanager
+async def saq_queue() -> AsyncIterator[RedisQueue]:
+    """A connected SAQ queue under a fresh prefix (redis_namespace deletes its keys after)."""
+    from exec_service.worker import make_queue
+
+    async with redis_namespace() as (url, prefix):
+        queue = make_queue(url, prefix)
+        await queue.connect()
+        try:
+            yield queue
+        finally:
+            await queue.disconnect()

@@ -13,17 +13,13 @@ from saq.queue.redis import RedisQueue
 
 from exec_service.executors import TaskInterrupted, saq_answers
 from exec_service.executors.saq_answers import JobAnswers
-from exec_service.worker import make_queue
-from tests.services import redis_namespace
+from tests.services import saq_queue
 
 
 @pytest.fixture
 async def queue() -> AsyncIterator[RedisQueue]:
-    async with redis_namespace() as (url, prefix):
-        made = make_queue(url, prefix)
-        await made.connect()
+    async with saq_queue() as made:
         yield made
-        await made.disconnect()
 
 
 @pytest.fixture
@@ -34,12 +30,23 @@ async def answers(queue: RedisQueue) -> AsyncIterator[JobAnswers]:
     await listening.close()
 
 
-async def end(queue: RedisQueue, job: Job, *, announce: bool = True) -> None:
-    job.status = Status.COMPLETE
-    job.result = {"ok": True, "output": {"n": job.key}}
+async def store(queue: RedisQueue, job: Job, *, announce: bool = True) -> None:
+    """Write the job's record, then (unless told not to) its notice, as SAQ does."""
     await queue.redis.set(job.id, queue.serialize(job))
     if announce:
         await queue.notify(job)
+
+
+async def end(queue: RedisQueue, job: Job, *, announce: bool = True) -> None:
+    job.status = Status.COMPLETE
+    job.result = {"ok": True, "output": {"n": job.key}}
+    await store(queue, job, announce=announce)
+
+
+async def abort_as_swept(queue: RedisQueue, job: Job) -> None:
+    """What a live worker records when SAQ's sweep aborted its job."""
+    job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
+    await store(queue, job)
 
 
 async def test_many_waiters_each_get_their_own_answer(
@@ -110,9 +117,7 @@ async def test_an_abort_by_the_sweep_with_a_retry_to_come_is_not_the_end(
         await queue.enqueue(job)
         waiting = asyncio.create_task(answers.wait(job, ended))
         # A live worker's abort of a swept job lands first; the sweep then requeues it.
-        job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
-        await queue.redis.set(job.id, queue.serialize(job))
-        await queue.notify(job)
+        await abort_as_swept(queue, job)
         await asyncio.sleep(0.2)
         assert not waiting.done()
         await end(queue, job)  # the requeued job ran on another worker
@@ -126,9 +131,7 @@ async def test_an_abort_by_the_sweep_with_no_retry_left_is_the_end(
     with answers.expect(job) as ended:
         await queue.enqueue(job)
         waiting = asyncio.create_task(answers.wait(job, ended))
-        job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
-        await queue.redis.set(job.id, queue.serialize(job))
-        await queue.notify(job)
+        await abort_as_swept(queue, job)
         assert (await asyncio.wait_for(waiting, 2)).status == Status.ABORTED
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +28,7 @@ from saq.job import TERMINAL_STATUSES, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now as saq_now
 
+from exec_service.bus import glob_escape
 from exec_service.executors import TaskInterrupted
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class JobAnswers:
     async def start(self) -> None:
         # SAQ publishes a job's status on a channel named after its id; ids of this queue share
         # the prefix `job_id("")`. Glob characters in it (from our key prefix) are escaped.
-        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", self._queue.job_id("")) + "*"
+        pattern = glob_escape(self._queue.job_id("")) + "*"
         await self._pubsub.psubscribe(pattern)
         self._reader = asyncio.create_task(self._read(), name="saq-job-answers")
         await asyncio.wait_for(self._confirmed.wait(), CONFIRM_SECONDS)
