@@ -17,11 +17,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from saq import Job, Queue, Worker
-from saq.queue.redis import RedisQueue
 from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
 from exec_service.actions.builtin import describe
+from exec_service.saq_queue import TaskQueue
 from exec_service.types import TaskRequest
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,11 @@ def queue_name(prefix: str) -> str:
     return f"{prefix}tasks"
 
 
-def make_queue(redis_url: str, prefix: str) -> RedisQueue:
+def make_queue(redis_url: str, prefix: str) -> TaskQueue:
     # redis-py's default pool refuses connections past its size instead of waiting; hundreds
     # of tasks in flight each hold one for a moment.
     redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
-    return RedisQueue(redis, name=queue_name(prefix))
+    return TaskQueue(redis, name=queue_name(prefix))
 
 
 class EmbeddedWorker(Worker[Context]):

@@ -22,7 +22,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 if TYPE_CHECKING:
-    from saq.queue.redis import RedisQueue
+    from exec_service.saq_queue import TaskQueue
 
 
 def unavailable(what: str, exc: BaseException) -> None:
@@ -86,7 +86,7 @@ async def redis_namespace() -> AsyncIterator[tuple[str, str]]:
 
 
 @asynccontextmanager
-async def saq_queue() -> AsyncIterator[RedisQueue]:
+async def saq_queue() -> AsyncIterator[TaskQueue]:
     """A connected SAQ queue under a fresh prefix (redis_namespace deletes its keys after)."""
     from exec_service.worker import make_queue
 

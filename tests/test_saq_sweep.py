@@ -1,0 +1,149 @@
+"""The SAQ sweep of exec_service/saq_queue.py, on a real Redis: it hands on the jobs whose worker
+is gone, and never a job a live worker is about to run or has ended (SAQ issues #124, #277).
+
+Workers are played by hand here (SAQ's own steps: `dequeue`, then `update(status=ACTIVE)`),
+so that each race is set up exactly rather than hoped for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from saq import Job
+from saq.job import Status
+from saq.utils import now
+
+from exec_service import saq_queue as sweeping
+from exec_service.saq_queue import TaskQueue
+from tests.services import saq_queue
+
+ABORT_WAIT = 0.3  # how long a sweep waits for a live worker to answer its abort
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[TaskQueue]:
+    async with saq_queue() as made:
+        yield made
+
+
+async def sweep(queue: TaskQueue) -> list[str]:
+    # Each sweep takes a lock for `lock` seconds; these tests sweep back to back.
+    await queue.redis.delete(queue.namespace("sweep"))
+    return await queue.sweep(lock=60, abort=ABORT_WAIT)
+
+
+async def taken(queue: TaskQueue, **fields: object) -> Job:
+    """A job a worker has just moved into the active list (and not yet marked active)."""
+    await queue.enqueue(Job("run_task", queue=queue, heartbeat=5, retries=3, **fields))  # type: ignore[arg-type]
+    job = await queue.dequeue()
+    assert job is not None
+    return job
+
+
+async def claimed(queue: TaskQueue, *, touched_ago_ms: int = 0) -> Job:
+    """A job a worker runs, last touched `touched_ago_ms` ago."""
+    job = await taken(queue)
+    job.attempts += 1
+    job.started = now()
+    await queue.update(job, status=Status.ACTIVE)
+    if touched_ago_ms:
+        job.touched = now() - touched_ago_ms
+        await queue.redis.set(job.id, queue.serialize(job))
+    return job
+
+
+async def stored(queue: TaskQueue, job: Job) -> Job:
+    record = await queue.job(job.key)
+    assert record is not None
+    return record
+
+
+async def in_list(queue: TaskQueue, name: str, job: Job) -> bool:
+    return job.id.encode() in await queue.redis.lrange(queue.namespace(name), 0, -1)
+
+
+async def test_a_job_just_taken_by_a_worker_is_left_to_it(queue: TaskQueue) -> None:
+    job = await taken(queue)
+    assert await sweep(queue) == []
+    assert (await stored(queue, job)).status == Status.QUEUED
+    assert await in_list(queue, "active", job)
+    # The worker marks it active a moment later and runs it, as if the sweep had not been.
+    job.attempts += 1
+    job.started = now()
+    await queue.update(job, status=Status.ACTIVE)
+    assert await sweep(queue) == []
+    assert (await stored(queue, job)).status == Status.ACTIVE
+
+
+async def test_a_job_whose_worker_died_before_marking_it_is_handed_on(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = await taken(queue)
+    assert await sweep(queue) == []  # first seen: may be a live worker between its steps
+    monkeypatch.setattr(sweeping, "UNCLAIMED_GRACE_SECONDS", 0.0)
+    assert await sweep(queue) == [job.id]
+    record = await stored(queue, job)
+    assert (record.status, record.error) == (Status.QUEUED, queue.swept_error_message)
+    assert await in_list(queue, "queued", job)
+    assert not await in_list(queue, "active", job)
+
+
+async def test_a_job_whose_worker_stopped_touching_it_is_handed_on(queue: TaskQueue) -> None:
+    job = await claimed(queue, touched_ago_ms=10_000)
+    assert await sweep(queue) == [job.id]
+    assert (await stored(queue, job)).status == Status.QUEUED
+    assert await in_list(queue, "queued", job)
+
+
+async def test_a_job_with_no_retries_left_is_aborted_for_good(queue: TaskQueue) -> None:
+    job = await claimed(queue, touched_ago_ms=10_000)
+    job.retries = job.attempts
+    await queue.redis.set(job.id, queue.serialize(job))
+    assert await sweep(queue) == [job.id]
+    assert (await stored(queue, job)).status == Status.ABORTED
+    assert not await in_list(queue, "queued", job)
+
+
+async def test_a_job_its_worker_completes_during_the_sweep_is_not_run_again(
+    queue: TaskQueue,
+) -> None:
+    """SAQ's sweep re-queued it after its worker stored the answer: the task ran twice."""
+    job = await claimed(queue, touched_ago_ms=10_000)  # the worker's loop was blocked, say
+    sweeping_task = asyncio.create_task(queue.sweep(lock=60, abort=5.0))
+
+    async def aborting() -> None:
+        while (await stored(queue, job)).status != Status.ABORTING:  # noqa: ASYNC110 - no event
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(aborting(), 5)
+    await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})  # it wakes up
+    assert await asyncio.wait_for(sweeping_task, 5) == [job.id]
+    record = await stored(queue, job)
+    assert (record.status, record.result) == (Status.COMPLETE, {"ok": True, "output": {}})
+    assert not await in_list(queue, "queued", job)
+
+
+async def test_a_job_being_aborted_is_left_to_its_aborter(queue: TaskQueue) -> None:
+    """The engine aborts a job whose task was cancelled; the sweep must not re-queue it."""
+    job = await claimed(queue)
+    job.status, job.error = Status.ABORTING, "cancelled by the engine"
+    await queue.redis.set(job.id, queue.serialize(job))  # abort's first step, not yet its second
+    assert await sweep(queue) == []
+    assert (await stored(queue, job)).status == Status.ABORTING
+    # Its worker is gone too: the sweep ends it, keeping why, and does not run it again.
+    job.touched = now() - 10_000
+    await queue.redis.set(job.id, queue.serialize(job))
+    assert await sweep(queue) == [job.id]
+    record = await stored(queue, job)
+    assert (record.status, record.error) == (Status.ABORTED, "cancelled by the engine")
+    assert not await in_list(queue, "queued", job)
+
+
+async def test_an_ended_job_left_in_the_active_list_keeps_its_answer(queue: TaskQueue) -> None:
+    job = await claimed(queue)
+    await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})
+    await queue.redis.rpush(queue.namespace("active"), job.id)
+    assert await sweep(queue) == []
+    assert (await stored(queue, job)).status == Status.COMPLETE
+    assert not await in_list(queue, "active", job)
