@@ -231,6 +231,18 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+async def workers_up(queue: Any) -> None:
+    """Wait until a worker runs a job. SAQ's own sweep may abort the first one, enqueued as a
+    worker starts (SAQ issues #124, #277): then try again."""
+    from saq.queue.base import JobError
+
+    for _ in range(5):
+        with contextlib.suppress(JobError):
+            await queue.apply("noop", timeout=30)
+            return
+    raise RuntimeError("no raw SAQ worker ran a job")
+
+
 async def raw_saq(workers: int, jobs: int = 3000) -> float:
     """No-op SAQ jobs per second with `workers` plain SAQ worker processes: `jobs` enqueued at
     once, timed until the queue has none left incomplete."""
@@ -247,7 +259,7 @@ async def raw_saq(workers: int, jobs: int = 3000) -> float:
         queue = RedisQueue(Redis.from_url(REDIS_URL, max_connections=1024), name=name)
         await queue.connect()
         try:
-            await queue.apply("noop", timeout=30)  # the workers are up
+            await workers_up(queue)
             began = time.perf_counter()
             await asyncio.gather(*(queue.enqueue("noop") for _ in range(jobs)))
             while await queue.count("incomplete"):  # noqa: ASYNC110 - SAQ has no "drained" event

@@ -16,9 +16,10 @@ import re
 from collections.abc import AsyncIterator
 from typing import Final, Protocol
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from exec_service.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class RedisBus:
     name = "redis"
 
     def __init__(self, url: str, prefix: str) -> None:
-        self._redis = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+        self._redis = redis_client(url)
         self._prefix = prefix
         self._fanout = _LocalFanout()
         self._pubsub: PubSub | None = None

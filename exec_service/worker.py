@@ -15,12 +15,12 @@ import logging
 import signal
 from typing import Any
 
-from redis.asyncio import Redis
 from saq import Job, Queue, Worker
 from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
 from exec_service.actions.builtin import describe
+from exec_service.redis_client import redis_client
 from exec_service.saq_queue import TaskQueue
 from exec_service.types import TaskRequest
 
@@ -94,7 +94,7 @@ def queue_name(prefix: str) -> str:
 def make_queue(redis_url: str, prefix: str) -> TaskQueue:
     # redis-py's default pool refuses connections past its size instead of waiting; hundreds
     # of tasks in flight each hold one for a moment.
-    redis = Redis.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
+    redis = redis_client(redis_url, max_connections=REDIS_CONNECTIONS)
     return TaskQueue(redis, name=queue_name(prefix))
 
 
