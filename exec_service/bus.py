@@ -135,7 +135,8 @@ class RedisBus:
     name = "redis"
 
     def __init__(self, url: str, prefix: str) -> None:
-        self._redis = redis_client(url)
+        # The health check pings the pub/sub connection when it has been quiet for a while.
+        self._redis = redis_client(url, health_check_interval=30)
         self._prefix = prefix
         self._fanout = _LocalFanout()
         self._pubsub: PubSub | None = None

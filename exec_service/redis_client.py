@@ -4,9 +4,8 @@ redis-py 8 gives every command a 5 s socket timeout by default, and pays for it 
 command: the send goes through `asyncio.wait_for` (a new task each time on Python 3.11) and the
 read through `asyncio.timeout`. On the SAQ path that was a fifth of a worker's CPU per job.
 These clients have no per-command timeout, as redis-py before 8 had none: a lost connection
-still fails at once (reset, refused), TCP keepalive finds a peer that vanished within about
-KEEPALIVE_IDLE_SECONDS + 3 * KEEPALIVE_INTERVAL_SECONDS, and a pooled connection idle for
-HEALTH_CHECK_SECONDS is pinged before use. A Redis that stays up but stops
+still fails at once (reset, refused), and TCP keepalive finds a peer that vanished within about
+KEEPALIVE_IDLE_SECONDS + 3 * KEEPALIVE_INTERVAL_SECONDS. A Redis that stays up but stops
 answering holds commands until it answers again; what waits on them is bounded elsewhere (a
 task's timeout, the bus's bounded outbox, a watcher's re-read of the database).
 """
@@ -19,7 +18,6 @@ from typing import Any
 from redis.asyncio import Redis
 
 CONNECT_TIMEOUT_SECONDS = 2.0
-HEALTH_CHECK_SECONDS = 30
 KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
 _KEEPALIVE = {
@@ -36,6 +34,5 @@ def redis_client(url: str, **options: Any) -> Redis:
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         socket_keepalive=True,
         socket_keepalive_options=_KEEPALIVE,
-        health_check_interval=HEALTH_CHECK_SECONDS,
         **options,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +27,40 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def status_response(snapshot: Mapping[str, Any]) -> pb.WorkflowStatusResponse:
+def task_status(run: Mapping[str, Any]) -> pb.TaskStatus:
+    return pb.TaskStatus(
+        task_id=run["task_id"],
+        name=run["name"],
+        order=run["order"],
+        status=run["status"],
+        attempts=run["attempts"],
+        started_at=run["started_at"] or "",
+        completed_at=run["completed_at"] or "",
+        error=run["error"] or "",
+        output_json=json.dumps(run["output"]) if run["output"] is not None else "",
+    )
+
+
+class TaskStatuses:
+    """Builds the task entries of one watched execution's messages, each again only when its
+    task changed: every message carries every task, and a change touches one or a few."""
+
+    def __init__(self) -> None:
+        self._built: dict[int, tuple[Mapping[str, Any], pb.TaskStatus]] = {}
+
+    def __call__(self, run: Mapping[str, Any]) -> pb.TaskStatus:
+        built = self._built.get(run["task_id"])
+        if built is not None and built[0] == run:
+            return built[1]
+        entry = task_status(run)
+        self._built[run["task_id"]] = (run, entry)
+        return entry
+
+
+def status_response(
+    snapshot: Mapping[str, Any],
+    build: Callable[[Mapping[str, Any]], pb.TaskStatus] = task_status,
+) -> pb.WorkflowStatusResponse:
     return pb.WorkflowStatusResponse(
         execution_id=snapshot["id"],
         workflow_id=snapshot["workflow_id"],
@@ -35,20 +68,7 @@ def status_response(snapshot: Mapping[str, Any]) -> pb.WorkflowStatusResponse:
         started_at=snapshot["started_at"] or "",
         completed_at=snapshot["completed_at"] or "",
         error=snapshot["error"] or "",
-        tasks=[
-            pb.TaskStatus(
-                task_id=run["task_id"],
-                name=run["name"],
-                order=run["order"],
-                status=run["status"],
-                attempts=run["attempts"],
-                started_at=run["started_at"] or "",
-                completed_at=run["completed_at"] or "",
-                error=run["error"] or "",
-                output_json=json.dumps(run["output"]) if run["output"] is not None else "",
-            )
-            for run in snapshot["tasks"]
-        ],
+        tasks=[build(run) for run in snapshot["tasks"]],
     )
 
 
@@ -119,8 +139,9 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
     ) -> AsyncIterator[pb.WorkflowStatusResponse]:
         try:
             execution_id = _positive(request.execution_id, "execution_id")
+            entries = TaskStatuses()
             async for update in watch(self.bus, execution_id):
-                yield status_response(update.execution)
+                yield status_response(update.execution, entries)
         except WorkflowError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
         except Exception:

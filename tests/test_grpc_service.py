@@ -147,3 +147,27 @@ async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
         break
     await channel.close()
     assert {"execution.WorkflowExecution", "grpc.health.v1.Health"} <= names
+
+
+def test_a_watch_rebuilds_only_the_task_entries_that_changed() -> None:
+    from exec_service.servicer import TaskStatuses, status_response
+
+    def run(task_id: int, **values: Any) -> dict[str, Any]:
+        base = {"task_id": task_id, "name": f"t{task_id}", "order": task_id, "status": "pending"}
+        base |= {"attempts": 0, "started_at": None, "completed_at": None, "error": None}
+        return base | {"output": None} | values
+
+    def snapshot(*runs: dict[str, Any]) -> dict[str, Any]:
+        execution = {"id": 7, "workflow_id": 3, "status": "in_progress", "started_at": "s"}
+        return execution | {"completed_at": None, "error": None, "tasks": list(runs)}
+
+    entries = TaskStatuses()
+    first = snapshot(run(1, status="running", attempts=1), run(2))
+    assert status_response(first, entries) == status_response(first)
+    # The first task completes (a fresh dict, as every announcement is decoded anew).
+    done = run(1, status="completed", attempts=1, output={"n": 1}, completed_at="c")
+    second = snapshot(done, run(2))
+    message = status_response(second, entries)
+    assert message == status_response(second)
+    assert (message.tasks[0].status, message.tasks[0].output_json) == ("completed", '{"n": 1}')
+    assert message.tasks[1].status == "pending"

@@ -1,5 +1,6 @@
-"""The SAQ sweep of exec_service/saq_queue.py, on a real Redis: it hands on the jobs whose worker
-is gone, and never a job a live worker is about to run or has ended (SAQ issues #124, #277).
+"""The SAQ queue of exec_service/saq_queue.py, on a real Redis: its sweep hands on the jobs whose
+worker is gone, and never a job a live worker is about to run or has ended (SAQ issues #124,
+#277); it announces a job's end, in the same transaction, and nothing else.
 
 Workers are played by hand here (SAQ's own steps: `dequeue`, then `update(status=ACTIVE)`),
 so that each race is set up exactly rather than hoped for."""
@@ -147,3 +148,23 @@ async def test_an_ended_job_left_in_the_active_list_keeps_its_answer(queue: Task
     assert await sweep(queue) == []
     assert (await stored(queue, job)).status == Status.COMPLETE
     assert not await in_list(queue, "active", job)
+
+
+async def test_only_a_jobs_end_is_announced_and_after_it_is_stored(queue: TaskQueue) -> None:
+    job = await taken(queue)
+    pubsub = queue.redis.pubsub()
+    await pubsub.subscribe(job.id)
+    try:
+        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+        job.attempts += 1
+        job.started = now()
+        await queue.update(job, status=Status.ACTIVE)  # started
+        await queue.update(job)  # a heartbeat's touch
+        await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})
+        message = await pubsub.get_message(timeout=5)
+        assert message is not None
+        assert (message["type"], message["data"]) == ("message", b"complete")
+        assert (await stored(queue, job)).status == Status.COMPLETE
+        assert await pubsub.get_message(timeout=0.2) is None  # nothing else came
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
