@@ -8,7 +8,7 @@ process, as a client would: for `asyncio`, `workflow serve`; for `saq`, `workflo
 --use-saq` beside `workflow api` and N `workflow worker` processes (concurrency 10 each); for
 `ray`, `workflow grpc --use-ray` with a local Ray of N CPUs (N actors). `--workers` lists the
 N to measure. `--raw-saq` also measures SAQ alone: N plain SAQ workers running a job that does
-nothing, 200 jobs kept in flight, for the same --seconds. Prints:
+nothing, 3,000 jobs enqueued at once and timed until all are done. Prints:
 
   (a) wall time of one execution of 40 sequential no-op tasks, ExecuteWorkflow to the final
       message of WatchExecution (best and median of 5);
@@ -17,9 +17,14 @@ nothing, 200 jobs kept in flight, for the same --seconds. Prints:
   (c) p50 and p99 from ExecuteWorkflow to `completed` for a one-task workflow (300 runs, one
       at a time), observed through WatchExecution.
 
-With `--raw-saq`, each row also prints raw SAQ's no-op jobs/s and its ratio to (b); with
-`--repeat N`, each row is measured N times, alternating with raw SAQ, and the median ratio is
-printed too (single runs on a shared 2-core machine move by 20% or more).
+During (b), and during raw SAQ's run, it reads from /proc the CPU time each group of processes
+spent (the servers by role, all PostgreSQL and Redis server processes, this client) and prints
+it per task. With `--raw-saq`, each row also prints raw SAQ's no-op jobs/s, its ratio to (b),
+and the ratio of CPU per task (ours) to CPU per job (raw SAQ's); on a machine whose cores are
+all busy, as on a 2-core one, the second says what each design costs and the first how the
+cores were shared. With `--repeat N`, each row is measured N times, alternating with raw SAQ,
+and the median ratios are printed too (single runs on a shared 2-core machine move by 20% or
+more).
 
 `postgres-redis` (the default) creates a PostgreSQL database (dropped at the end) and uses
 Redis under a fresh key prefix; `sqlite` uses a temporary file and the in-process bus.
@@ -48,10 +53,14 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 
-from protos import execution_pb2 as pb
-from protos import execution_pb2_grpc as pb_grpc
-
 REPO = Path(__file__).resolve().parent.parent
+# Run as a script, this folder is on the path and the repository itself is not.
+sys.path.insert(0, str(REPO))
+
+from benchmarks.cpu_usage import CpuMeter, named, with_descendants  # noqa: E402
+from protos import execution_pb2 as pb  # noqa: E402
+from protos import execution_pb2_grpc as pb_grpc  # noqa: E402
+
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_DEADLINE_SECONDS = 60.0
@@ -66,6 +75,11 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def this_process() -> set[int]:
+    """This client alone: the servers it started are its children, counted on their own."""
+    return {os.getpid()}
 
 
 def free_port() -> int:
@@ -136,8 +150,9 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
 @contextlib.contextmanager
 def service(
     env: dict[str, str], log_path: Path, executor: str, workers: int
-) -> Iterator[tuple[str, str]]:
-    """The servers for one row, as subprocesses; yields (HTTP URL, gRPC target)."""
+) -> Iterator[tuple[str, str, dict[str, list[int]]]]:
+    """The servers for one row, as subprocesses; yields (HTTP URL, gRPC target, process ids by
+    role)."""
     http_port, grpc_port = free_port(), free_port()
     environment = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     environment.pop("RAY_ADDRESS", None)
@@ -159,7 +174,12 @@ def service(
                 processes.append(spawn([*cli, *worker], environment, log_path))
         url = f"http://127.0.0.1:{http_port}"
         wait_healthy(url, processes, log_path)
-        yield url, f"127.0.0.1:{grpc_port}"
+        pids = [process.pid for process in processes]
+        if executor == "asyncio":
+            roles = {"serve": pids}
+        else:
+            roles = {"grpc": pids[:1], "api": pids[1:2], "workers": pids[2:]}
+        yield url, f"127.0.0.1:{grpc_port}", roles
     finally:
         stop(processes)
 
@@ -201,8 +221,11 @@ async def wait_done(stub: Any, execution_id: int) -> None:
             return
 
 
-async def throughput(stub: Any, url: str, seconds: float, in_flight: int = 200) -> float:
-    """No-op task completions per second, `in_flight` executions of 10 tasks at all times."""
+async def throughput(
+    stub: Any, url: str, seconds: float, meter: CpuMeter, in_flight: int = 200
+) -> tuple[float, int]:
+    """No-op task completions per second, `in_flight` executions of 10 tasks at all times, and
+    the number of tasks completed (`meter` runs meanwhile)."""
     workflow_id = make_workflow(url, 10)
     completed = 0
     stop_at = time.perf_counter() + seconds
@@ -215,8 +238,10 @@ async def throughput(stub: Any, url: str, seconds: float, in_flight: int = 200) 
             completed += 10
 
     began = time.perf_counter()
+    meter.start()
     await asyncio.gather(*(lane() for _ in range(in_flight)))
-    return completed / (time.perf_counter() - began)
+    meter.stop()
+    return completed / (time.perf_counter() - began), completed
 
 
 async def latencies(stub: Any, url: str, runs: int = 300) -> list[float]:
@@ -243,9 +268,9 @@ async def workers_up(queue: Any) -> None:
     raise RuntimeError("no raw SAQ worker ran a job")
 
 
-async def raw_saq(workers: int, jobs: int = 3000) -> float:
+async def raw_saq(workers: int, jobs: int = 3000) -> tuple[float, float]:
     """No-op SAQ jobs per second with `workers` plain SAQ worker processes: `jobs` enqueued at
-    once, timed until the queue has none left incomplete."""
+    once, timed until the queue has none left incomplete; and the CPU ms spent per job."""
     from saq.queue.redis import RedisQueue
 
     name = f"saq-bench-{secrets.token_hex(4)}"
@@ -260,11 +285,22 @@ async def raw_saq(workers: int, jobs: int = 3000) -> float:
         await queue.connect()
         try:
             await workers_up(queue)
+            meter = CpuMeter(
+                {
+                    "workers": with_descendants(*(process.pid for process in processes)),
+                    "Redis": named("redis-server"),
+                    "client": this_process,
+                }
+            )
             began = time.perf_counter()
+            meter.start()
             await asyncio.gather(*(queue.enqueue("noop") for _ in range(jobs)))
             while await queue.count("incomplete"):  # noqa: ASYNC110 - SAQ has no "drained" event
                 await asyncio.sleep(0.02)
-            return jobs / (time.perf_counter() - began)
+            meter.stop()
+            rate = jobs / (time.perf_counter() - began)
+            print(f"raw SAQ CPU per job, ms: {meter.per_unit_ms(jobs)}")
+            return rate, meter.total_ms(jobs)
         finally:
             await queue.disconnect()
             stop(processes)
@@ -275,31 +311,41 @@ async def main(args: argparse.Namespace) -> None:
     counts = args.workers if args.executor != "asyncio" else [1]
     for workers in counts:
         label = "" if args.executor == "asyncio" else f", {workers} worker(s)"
-        ratios = []
+        ratios, cpu_ratios = [], []
         for run in range(args.repeat):
             round_label = f", run {run + 1} of {args.repeat}" if args.repeat > 1 else ""
             print(
                 f"\nbackend: {args.backend}, executor: {args.executor}{label}{round_label}",
                 flush=True,
             )
-            ours = await measure(args, workers)
+            ours, our_cpu = await measure(args, workers)
             if args.raw_saq:
-                rate = await raw_saq(workers)
+                rate, raw_cpu = await raw_saq(workers)
                 ratios.append(rate / ours)
+                cpu_ratios.append(our_cpu / raw_cpu)
                 print(f"raw SAQ, {workers} worker process(es): {rate:,.0f} no-op jobs/s")
-                print(f"raw SAQ / (b): {rate / ours:.2f}  (target <= 2)", flush=True)
+                print(f"raw SAQ / (b): {rate / ours:.2f}  (target <= 2)")
+                print(
+                    f"CPU per task, ours / raw SAQ's per job: {our_cpu / raw_cpu:.2f}", flush=True
+                )
         if len(ratios) > 1:
             # Ours and raw SAQ alternate, so that a machine slowing down mid-way weighs on both.
             print(f"raw SAQ / (b), median of {len(ratios)}: {statistics.median(ratios):.2f}")
+            print(f"CPU ours / raw SAQ, median: {statistics.median(cpu_ratios):.2f}")
 
 
-async def measure(args: argparse.Namespace, workers: int) -> float:
-    """Print (a), (b) and (c) for one row; return (b)."""
+async def measure(args: argparse.Namespace, workers: int) -> tuple[float, float]:
+    """Print (a), (b) and (c) for one row; return (b) and the CPU ms all processes spent per
+    task during (b)."""
     async with backend(args.backend) as env:
         env["WORKFLOW_LEASE_SECONDS"] = "10"
         with (
             tempfile.TemporaryDirectory() as folder,
-            service(env, Path(folder) / "server.log", args.executor, workers) as (url, target),
+            service(env, Path(folder) / "server.log", args.executor, workers) as (
+                url,
+                target,
+                roles,
+            ),
         ):
             async with grpc.aio.insecure_channel(target) as channel:
                 health: Any = health_pb2_grpc.HealthStub(channel)
@@ -313,18 +359,28 @@ async def measure(args: argparse.Namespace, workers: int) -> float:
                     f"(a) 40 sequential no-op tasks: best {min(forty) * 1000:.0f} ms, "
                     f"median {statistics.median(forty) * 1000:.0f} ms  (target <= 200 ms)"
                 )
-                rate = await throughput(stub, url, args.seconds)
+                groups = {role: with_descendants(*pids) for role, pids in roles.items() if pids}
+                meter = CpuMeter(
+                    groups
+                    | {
+                        "PostgreSQL": named("postgres"),
+                        "Redis": named("redis-server"),
+                        "client": this_process,
+                    }
+                )
+                rate, tasks = await throughput(stub, url, args.seconds, meter)
                 print(
                     f"(b) sustained no-op completions, 200 executions x 10 tasks in flight: "
                     f"{rate:,.0f} tasks/s  (target >= 1,000/s)"
                 )
+                print(f"    CPU per task during (b), ms: {meter.per_unit_ms(tasks)}")
                 one = await latencies(stub, url)
                 print(
                     f"(c) ExecuteWorkflow -> completed, one task: "
                     f"p50 {percentile(one, 0.5) * 1000:.1f} ms, "
                     f"p99 {percentile(one, 0.99) * 1000:.1f} ms  (target p50 <= 10 ms)"
                 )
-                return rate
+                return rate, meter.total_ms(tasks)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -341,5 +397,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     asyncio.run(main(parse_args()))

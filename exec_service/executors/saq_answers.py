@@ -69,7 +69,9 @@ class JobAnswers:
     async def _read(self) -> None:
         while True:
             try:
-                message = await self._pubsub.get_message(timeout=1.0)
+                # Blocks until a message: no timer per message. A dead connection still fails
+                # it, within TCP keepalive's bound (exec_service/redis_client.py).
+                message = await self._pubsub.get_message(timeout=None)
                 if message is not None:
                     self._handle(message)
             except (RedisError, OSError) as exc:

@@ -71,10 +71,12 @@ class SaqExecutor:
             ttl=JOB_TTL_SECONDS,
         )
         with self._answers.expect(job) as ended:
-            await self.queue.enqueue(job)
             try:
+                await self.queue.enqueue(job)
                 job = await self._answers.wait(job, ended)
             except asyncio.CancelledError:
+                # Also while it is being enqueued: an abort first leaves a marker that makes
+                # the enqueue refuse the job, an abort after it stops the job.
                 with contextlib.suppress(Exception):
                     await self.queue.abort(job, "cancelled by the engine")
                 raise
