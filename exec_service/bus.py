@@ -165,9 +165,7 @@ class RedisBus:
         strip = len(self._prefix + REDIS_CHANNEL.format(channel=""))
         while True:
             try:
-                # Blocks until a message: no timer per message. A dead connection still fails
-                # it, within TCP keepalive's bound (exec_service/redis_client.py).
-                message = await self._pubsub.get_message(timeout=None)
+                message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
                 log.warning("event bus lost Redis (%s); watchers will re-read", exc)
                 self._fanout.resync_all()

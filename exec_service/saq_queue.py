@@ -4,9 +4,7 @@ worker is gone, and fewer round trips per job.
 Round trips: SAQ announces every status change of a job on the job's channel, after the write.
 Only ends are listened for (the engine's JobAnswers, SAQ's own waits), so the other notices
 (started, touched by a heartbeat, re-queued) are not sent: each reached every engine for
-nothing. The notice of an end goes in the same transaction as the end itself. And the jobs
-enqueued in one turn of the event loop go to Redis together, in one pipeline (each through
-SAQ's own enqueue script, so each is still all or nothing on its own).
+nothing. The notice of an end goes in the same transaction as the end itself.
 
 SAQ's own sweep (0.26) can run a task twice (SAQ issues #124 and #277, open):
 - It takes every job in the active list whose record does not say "active" for stuck. But a
@@ -24,13 +22,10 @@ ended. Everything else is SAQ's: the same lock, the same abort, the same retry.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
-from redis.exceptions import NoScriptError
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import RedisQueue
 
@@ -52,80 +47,12 @@ return id_jobs
 """
 
 
-# SAQ's enqueue script (0.26): add the job unless it is already in the queue or being aborted.
-_ENQUEUE = """
-if not redis.call('ZSCORE', KEYS[1], KEYS[2]) and redis.call('EXISTS', KEYS[4]) == 0 then
-    redis.call('SET', KEYS[2], ARGV[1])
-    redis.call('ZADD', KEYS[1], ARGV[2], KEYS[2])
-    if ARGV[2] == '0' then redis.call('RPUSH', KEYS[3], KEYS[2]) end
-    return 1
-else
-    return nil
-end
-"""
-
-
 class TaskQueue(RedisQueue):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._candidates = self.redis.register_script(_CANDIDATES)
-        self._enqueue_one = self.redis.register_script(_ENQUEUE)
-        self._to_enqueue: list[tuple[Job, asyncio.Future[Job | None]]] = []
-        self._enqueues: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
         # Jobs seen in the active list still marked queued: id -> (what they looked like, when).
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
-
-    async def _enqueue(self, job: Job) -> Job | None:
-        """The job once it is in the queue; None if it already was (or is being aborted)."""
-        loop = asyncio.get_running_loop()
-        if not self._to_enqueue:
-            loop.call_soon(self._send_enqueues)
-        future: asyncio.Future[Job | None] = loop.create_future()
-        self._to_enqueue.append((job, future))
-        return await future
-
-    def _send_enqueues(self) -> None:
-        batch, self._to_enqueue = self._to_enqueue, []
-        task = asyncio.create_task(self._enqueue_all(batch))
-        self._enqueues.add(task)
-        task.add_done_callback(self._enqueues.discard)
-
-    async def _enqueue_all(self, batch: list[tuple[Job, asyncio.Future[Job | None]]]) -> None:
-        try:
-            answers = await self._run_enqueues([job for job, _ in batch])
-        except BaseException as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        for (job, future), answer in zip(batch, answers, strict=True):
-            if future.done():
-                continue
-            if isinstance(answer, Exception):
-                future.set_exception(answer)
-            else:
-                future.set_result(job if answer else None)
-
-    async def _run_enqueues(self, jobs: list[Job]) -> list[Any]:
-        """Each job's answer from the enqueue script (or its error), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.evalsha(self._enqueue_one.sha, 4, *self._enqueue_args(job))
-            answers: list[Any] = await pipe.execute(raise_on_error=False)
-        for index, answer in enumerate(answers):
-            if isinstance(answer, NoScriptError):
-                # Redis lost its scripts (a restart): this call loads it again. The script
-                # did not run, so running it now does not enqueue twice.
-                args = self._enqueue_args(jobs[index])
-                answers[index] = await self._enqueue_one(keys=args[:4], args=args[4:])
-        return answers
-
-    def _enqueue_args(self, job: Job) -> list[Any]:
-        """Keys, then arguments, of the enqueue script for `job`."""
-        keys = [self.namespace("incomplete"), job.id, self.namespace("queued"), job.abort_id]
-        return [*keys, self.serialize(job), job.scheduled]
 
     async def notify(self, job: Job) -> None:
         if job.status in TERMINAL_STATUSES:

@@ -170,40 +170,9 @@ async def test_only_a_jobs_end_is_announced_and_after_it_is_stored(queue: TaskQu
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-async def test_jobs_enqueued_together_go_in_one_round_trip_each_on_its_own(
-    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    round_trips = 0
-    run_enqueues = TaskQueue._run_enqueues
-
-    async def counted(self: TaskQueue, jobs: list[Job]) -> list[object]:
-        nonlocal round_trips
-        round_trips += 1
-        return await run_enqueues(self, jobs)
-
-    monkeypatch.setattr(TaskQueue, "_run_enqueues", counted)
-    jobs = [Job("run_task", queue=queue, key=f"k{n}") for n in range(50)]
-    again = Job("run_task", queue=queue, key="k0")  # already in the queue: refused alone
-    answers = await asyncio.gather(*(queue.enqueue(job) for job in [*jobs, again]))
-    assert round_trips == 1
-    assert answers == [*jobs, None]
-    queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
-    assert queued == [job.id.encode() for job in jobs]
-    for job in jobs:
-        assert (await stored(queue, job)).status == Status.QUEUED
-
-
 async def test_an_aborted_job_is_not_enqueued(queue: TaskQueue) -> None:
     """What the engine relies on when a task is cancelled while its job is being enqueued."""
     job = Job("run_task", queue=queue)
     await queue.abort(job, "cancelled by the engine")
     assert await queue.enqueue(job) is None
     assert await queue.redis.lrange(queue.namespace("queued"), 0, -1) == []
-
-
-async def test_enqueue_survives_redis_losing_its_scripts(queue: TaskQueue) -> None:
-    await queue.enqueue(Job("run_task", queue=queue))  # the script is loaded
-    await queue.redis.script_flush()  # as a Redis restart does
-    job = Job("run_task", queue=queue)
-    assert await queue.enqueue(job) is job
-    assert await in_list(queue, "queued", job)

@@ -69,9 +69,7 @@ class JobAnswers:
     async def _read(self) -> None:
         while True:
             try:
-                # Blocks until a message: no timer per message. A dead connection still fails
-                # it, within TCP keepalive's bound (exec_service/redis_client.py).
-                message = await self._pubsub.get_message(timeout=None)
+                message = await self._pubsub.get_message(timeout=1.0)
                 if message is not None:
                     self._handle(message)
             except (RedisError, OSError) as exc:
