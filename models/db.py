@@ -23,6 +23,16 @@ APP_LABEL = "models"
 POSTGRES_POOL_SIZE = 20
 
 
+# The group-commit statement (models/batched_changes.py) runs on a pool of its own, whose
+# sessions keep one generic plan for it. Left to choose, PostgreSQL plans that statement anew on
+# every call (its arrays have no length to plan a generic plan by), and the planning cost about
+# as much as the run: 0.2 ms a statement, measured. Only this pool is told; every other query
+# keeps PostgreSQL's own choice. The plan was checked against 60,000 executions: the same as
+# the custom one (primary keys throughout), from 1 change to 250.
+BATCHED_CONNECTION = "batched"
+BATCHED_POOL_SIZE = 8
+
+
 async def _keep_session(connection: Any) -> None:
     """asyncpg's pool resets a connection with a query on every release (advisory locks,
     cursors, LISTEN, SET). We hold none of those across queries, so the round trip is waste."""
@@ -39,10 +49,24 @@ def _connection(database_url: str) -> str | dict[str, Any]:
     return connection
 
 
+def _batched_connection(database_url: str) -> dict[str, Any]:
+    connection = expand_db_url(database_url)
+    credentials = connection["credentials"]
+    credentials["minsize"] = 1
+    credentials["maxsize"] = BATCHED_POOL_SIZE
+    credentials["reset"] = _keep_session
+    settings = dict(credentials.get("server_settings") or {})
+    credentials["server_settings"] = settings | {"plan_cache_mode": "force_generic_plan"}
+    return connection
+
+
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """The Tortoise configuration for one database URL (`sqlite://PATH` or `postgres://...`)."""
+    connections: dict[str, Any] = {"default": _connection(database_url)}
+    if isinstance(connections["default"], dict):  # PostgreSQL
+        connections[BATCHED_CONNECTION] = _batched_connection(database_url)
     return {
-        "connections": {"default": _connection(database_url)},
+        "connections": connections,
         "apps": {
             APP_LABEL: {
                 "models": ["models.tables"],

@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import F
 from tortoise.transactions import in_transaction
 
 from models.batched_changes import batcher
+from models.db import BATCHED_CONNECTION
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
 from models.inputs import INT32_MAX
 from models.statuses import (
@@ -210,7 +212,7 @@ async def create_execution(
 
 
 async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
-    async with in_transaction():
+    async with in_transaction("default"):
         workflow_id = values["workflow_id"]
         if not await Workflow.filter(id=workflow_id).exists():
             raise NotFound(WORKFLOW_NOT_FOUND)
@@ -331,7 +333,7 @@ async def apply_change(
     connection = Execution._meta.db
     if connection.capabilities.dialect == "postgres" and len(runs) <= 1:
         run = runs[0] if runs else None
-        return await batcher(connection).apply(
+        return await batcher(connections.get(BATCHED_CONNECTION)).apply(
             execution_id,
             owner,
             run.run_id if run is not None else None,
@@ -340,7 +342,7 @@ async def apply_change(
             execution or {},
         )
     try:
-        async with in_transaction() as connection:
+        async with in_transaction("default") as connection:
             version = await _bump_version(connection, execution_id, owner, (IN_PROGRESS,))
             if version is None:
                 return None
@@ -373,7 +375,7 @@ async def cancel(execution_id: int) -> bool:
     if not valid_id(execution_id) or not await Execution.filter(id=execution_id).exists():
         raise NotFound(EXECUTION_NOT_FOUND)
     moment = now()
-    async with in_transaction() as connection:
+    async with in_transaction("default") as connection:
         version = await _bump_version(connection, execution_id, None, (PENDING, IN_PROGRESS))
         if version is None:
             return False
@@ -418,7 +420,7 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
     )
     claimed = []
     for candidate in candidates:
-        async with in_transaction() as connection:
+        async with in_transaction("default") as connection:
             # Compare-and-set: of several processes claiming at once, one wins.
             won = (
                 await Execution.filter(

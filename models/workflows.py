@@ -141,7 +141,7 @@ def _task_fields(data: TaskCreate) -> dict[str, Any]:
 
 
 async def create_workflow(data: WorkflowCreate) -> dict[str, Any]:
-    async with in_transaction():
+    async with in_transaction("default"):
         workflow = await Workflow.create(name=data.name, description=data.description)
         for task in data.tasks:
             await Task.create(workflow_id=workflow.id, **_task_fields(task))
@@ -155,7 +155,7 @@ async def update_workflow(
     """Set name and description; with `tasks`, replace the task list too, in one transaction."""
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    async with in_transaction():
+    async with in_transaction("default"):
         workflow = await Workflow.filter(id=workflow_id).select_for_update().first()
         if workflow is None:
             raise NotFound(WORKFLOW_NOT_FOUND)
@@ -173,7 +173,7 @@ async def delete_workflow(workflow_id: int) -> None:
     """Delete the workflow with its tasks and executions. Raises NotFound."""
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    async with in_transaction():
+    async with in_transaction("default"):
         deleted = await Workflow.filter(id=workflow_id).delete()
     if not deleted:
         raise NotFound(WORKFLOW_NOT_FOUND)
@@ -183,7 +183,7 @@ async def delete_workflow(workflow_id: int) -> None:
 async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    async with in_transaction():
+    async with in_transaction("default"):
         if not await Workflow.filter(id=workflow_id).exists():
             raise NotFound(WORKFLOW_NOT_FOUND)
         task = await Task.create(workflow_id=workflow_id, **_task_fields(data))
@@ -194,7 +194,7 @@ async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
 async def update_task(workflow_id: int, task_id: int, data: TaskCreate) -> dict[str, Any]:
     if not (_valid_id(workflow_id) and _valid_id(task_id)):
         raise NotFound(TASK_NOT_FOUND)
-    async with in_transaction():
+    async with in_transaction("default"):
         task = await Task.filter(id=task_id, workflow_id=workflow_id).select_for_update().first()
         if task is None:
             raise NotFound(TASK_NOT_FOUND)
@@ -207,7 +207,7 @@ async def update_task(workflow_id: int, task_id: int, data: TaskCreate) -> dict[
 async def delete_task(workflow_id: int, task_id: int) -> None:
     if not (_valid_id(workflow_id) and _valid_id(task_id)):
         raise NotFound(TASK_NOT_FOUND)
-    async with in_transaction():
+    async with in_transaction("default"):
         deleted = await Task.filter(id=task_id, workflow_id=workflow_id).delete()
     if not deleted:
         raise NotFound(TASK_NOT_FOUND)
