@@ -60,8 +60,12 @@ class Subscription:
 
     async def get(self, within: float | None = None) -> bytes | None:
         """The next payload (RESYNC after an overflow), or None after `within` seconds."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), within)
+            # Not asyncio.wait_for: on Python 3.11 that starts a task for every message.
+            async with asyncio.timeout(within):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
