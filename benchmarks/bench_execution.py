@@ -113,10 +113,16 @@ async def backend(name: str) -> AsyncIterator[dict[str, str]]:
         admin = await asyncpg.connect(PG_ADMIN_URL)
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
-        redis = Redis.from_url(REDIS_URL)
-        async for key in redis.scan_iter(match=prefix + "*"):
+        await delete_keys(prefix)
+
+
+async def delete_keys(name: str) -> None:
+    """Every Redis key under `name`, and SAQ's keys of queues named with it (under `saq:`)."""
+    redis = Redis.from_url(REDIS_URL)
+    for pattern in (name, f"saq:{name}", f"saq:job:{name}"):
+        async for key in redis.scan_iter(match=pattern + "*"):
             await redis.delete(key)
-        await redis.aclose()
+    await redis.aclose()
 
 
 def spawn(arguments: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -304,6 +310,7 @@ async def raw_saq(workers: int, jobs: int = 3000) -> tuple[float, float]:
         finally:
             await queue.disconnect()
             stop(processes)
+            await delete_keys(name)
 
 
 async def main(args: argparse.Namespace) -> None:
