@@ -35,6 +35,8 @@ OUTBOX_SIZE = 10_000
 PUBLISH_BATCH = 500
 # How long start() waits for Redis to confirm the subscription.
 CONFIRM_SECONDS = 5.0
+# How long close() gives the last announcements to reach Redis.
+CLOSE_SECONDS = 5.0
 
 
 def glob_escape(text: str) -> str:
@@ -223,7 +225,10 @@ class RedisBus:
         while not self._outbox.empty():
             leftover.append(self._outbox.get_nowait())
         if leftover:
-            await self._send(leftover)
+            # Bounded: a Redis that stopped answering must not hold up the shutdown.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await self._send(leftover)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

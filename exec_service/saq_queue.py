@@ -17,17 +17,26 @@ This sweep differs in just those points: a job found in the active list still ma
 swept only when a later sweep of this process finds it unchanged UNCLAIMED_GRACE_SECONDS on
 (its worker died between the two steps); a job being aborted is left to whoever aborts it
 unless its worker is gone too; and after the abort, a job that ended on its own is left as it
-ended. Everything else is SAQ's: the same lock, the same abort, the same retry.
+ended. And every write of the sweep is a compare-and-set on the record it decided from: SAQ's
+are blind, so a sweep acting on a snapshot a few seconds old (its waits run past its lock, and
+a second sweep may take the same jobs) overwrote a job completed meanwhile, and two sweeps
+re-queued the same job twice. The candidates of one sweep are handled together, so a sweep
+lasts one abort wait, not one per job.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Awaitable
+from typing import Any
 
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import RedisQueue
+from saq.utils import now
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +56,58 @@ return id_jobs
 """
 
 
+# Abort a job only if its record is still what the sweep saw. KEYS: the job's id, its abort
+# marker, queued, incomplete, active. ARGV: the record seen, the aborting record, the marker's
+# lifetime, the marker's text, the status to announce.
+_ABORT_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SETEX', KEYS[2], ARGV[3], ARGV[4])
+redis.call('LREM', KEYS[3], 0, KEYS[1])
+redis.call('ZREM', KEYS[4], KEYS[1])
+redis.call('LREM', KEYS[5], 0, KEYS[1])
+redis.call('PUBLISH', KEYS[1], ARGV[5])
+return 1
+"""
+
+# Re-queue, or end, a job only if its record is still what the sweep read. KEYS: the job's id,
+# queued, incomplete, active. ARGV: the record read, the new record, 'retry' or 'end', the
+# incomplete score, '1' to push it to the queue now, the ended record's lifetime (0: none, -1:
+# delete it), the status to announce.
+_REPLACE_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('LREM', KEYS[4], 0, KEYS[1])
+if ARGV[3] == 'retry' then
+    redis.call('SET', KEYS[1], ARGV[2])
+    redis.call('LREM', KEYS[2], 0, KEYS[1])
+    redis.call('ZADD', KEYS[3], ARGV[4], KEYS[1])
+    if ARGV[5] == '1' then redis.call('RPUSH', KEYS[2], KEYS[1]) end
+else
+    redis.call('ZREM', KEYS[3], KEYS[1])
+    local ttl = tonumber(ARGV[6])
+    if ttl > 0 then
+        redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
+    elseif ttl == 0 then
+        redis.call('SET', KEYS[1], ARGV[2])
+    else
+        redis.call('DEL', KEYS[1])
+    end
+    redis.call('PUBLISH', KEYS[1], ARGV[7])
+end
+return 1
+"""
+# How often the sweep tries again when a job's record changed under its re-queue.
+REPLACE_ATTEMPTS = 3
+# How long the abort marker of a swept job lives (as SAQ's).
+ABORT_MARKER_SECONDS = 5
+
+
 class TaskQueue(RedisQueue):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._candidates = self.redis.register_script(_CANDIDATES)
+        self._abort_if_unchanged = self.redis.register_script(_ABORT_IF_UNCHANGED)
+        self._replace_if_unchanged = self.redis.register_script(_REPLACE_IF_UNCHANGED)
         # Jobs seen in the active list still marked queued: id -> (what they looked like, when).
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
 
@@ -86,6 +143,7 @@ class TaskQueue(RedisQueue):
         if not id_jobs:
             return []  # another worker holds the sweep lock, or nothing is active
         unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
+        handling: list[tuple[bytes, Awaitable[bool]]] = []
         swept: list[bytes] = []
         for job_id, job_bytes in id_jobs:
             job = self.deserialize(job_bytes)
@@ -97,18 +155,18 @@ class TaskQueue(RedisQueue):
                 await self.redis.lrem(self.namespace("active"), 0, job_id.decode())
             elif job.status == Status.QUEUED:
                 if self._lost_before_claim(job_id, job, unclaimed):
-                    await self._hand_on(job, abort)
-                    swept.append(job_id)
+                    handling.append((job_id, self._hand_on(job, job_bytes, abort)))
             elif job.status == Status.ABORTING:
                 # Someone is aborting it (the engine, or another sweep between its two steps);
                 # only if its worker is gone too does it fall to the sweep, to end it.
                 if job.stuck:
-                    await self.finish(job, Status.ABORTED, error=job.error)
-                    swept.append(job_id)
+                    handling.append((job_id, self._replace(job, job_bytes, retry=False)))
             elif job.status != Status.ACTIVE or job.stuck:
-                await self._hand_on(job, abort)
-                swept.append(job_id)
+                handling.append((job_id, self._hand_on(job, job_bytes, abort)))
         self._unclaimed = unclaimed
+        # Together: each may wait up to `abort` seconds for a live worker to answer.
+        results = await asyncio.gather(*(step for _, step in handling))
+        swept += [job_id for (job_id, _), done in zip(handling, results, strict=True) if done]
         return [job_id.decode() for job_id in swept]
 
     def _lost_before_claim(
@@ -127,25 +185,57 @@ class TaskQueue(RedisQueue):
             return False
         return True
 
-    async def _hand_on(self, job: Job, abort: float) -> None:
-        """Abort the job where it may still run, then re-queue it unless it ended meanwhile."""
+    async def _hand_on(self, job: Job, seen: bytes, abort: float) -> bool:
+        """Abort the job where it may still run, then re-queue it unless it ended meanwhile.
+        False if its record changed since `seen` was read (its worker lives: nothing to do)."""
+        aborting = dataclasses.replace(job, status=Status.ABORTING, error=self.swept_error_message)
+        keys = [job.id, job.abort_id, self.namespace("queued"), self.namespace("incomplete")]
+        keys.append(self.namespace("active"))
+        args: list[Any] = [seen, self.serialize(aborting), ABORT_MARKER_SECONDS, aborting.error]
+        if not await self._abort_if_unchanged(keys=keys, args=[*args, aborting.status]):
+            return False
         log.info("Sweeping job %s", job.info(log.isEnabledFor(logging.DEBUG)))
-        await self.abort(job, error=self.swept_error_message)
-        with contextlib.suppress(TimeoutError):
-            await job.refresh(abort)
-        if job.status in (Status.COMPLETE, Status.FAILED):
-            return  # its worker was alive and stored an answer: nothing to hand on
-        if job.status == Status.ABORTED and job.error != self.swept_error_message:
-            return  # aborted on purpose (by the engine), not by this sweep
-        if job.status in (Status.ACTIVE, Status.QUEUED):
-            # Its worker marked it again after the abort (a touch racing it): it is alive.
-            # Not in the active list any more; should that worker die, the engine's watchdog
-            # (an untouched active job) runs the task again.
-            return
-        if job.retryable:
-            await self.retry(job, error=self.swept_error_message)
-        elif job.status != Status.ABORTED:
-            await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+        with contextlib.suppress(TimeoutError, RuntimeError):  # RuntimeError: record gone
+            await aborting.refresh(abort)  # a live worker answers the abort within a second
+        for _ in range(REPLACE_ATTEMPTS):
+            record: bytes | None = await self.redis.get(job.id)  # type: ignore[assignment]
+            current = self.deserialize(record)
+            if current is None or current.status not in (Status.ABORTING, Status.ABORTED):
+                # Ended on its own (its worker was alive and stored an answer), or gone, or
+                # marked again by a worker after the abort (alive: should it die, the engine's
+                # watchdog of untouched active jobs runs the task again).
+                return True
+            if current.status == Status.ABORTED and current.error != self.swept_error_message:
+                return True  # aborted on purpose (by the engine), not by this sweep
+            if current.status == Status.ABORTED and not current.retryable:
+                return True  # ended for good by its worker
+            assert record is not None
+            if await self._replace(current, record, retry=current.retryable):
+                return True
+        log.warning("job %s kept changing while swept; left as it is", job.id)
+        return True
+
+    async def _replace(self, job: Job, seen: bytes, *, retry: bool) -> bool:
+        """Re-queue the job (`retry`), or end it aborted, if its record is still `seen`."""
+        if retry:
+            delay = job.next_retry_delay()
+            new = dataclasses.replace(
+                job,
+                status=Status.QUEUED,
+                error=self.swept_error_message,
+                completed=0,
+                started=0,
+                progress=0,
+                touched=now(),
+            )
+            score = time.time() + delay if delay else job.scheduled
+            args: list[Any] = [seen, self.serialize(new), "retry", score, "0" if delay else "1", 0]
+        else:
+            new = dataclasses.replace(job, status=Status.ABORTED, completed=now())
+            args = [seen, self.serialize(new), "end", 0, "0", job.ttl]
+        keys = [job.id, self.namespace("queued"), self.namespace("incomplete")]
+        keys.append(self.namespace("active"))
+        return bool(await self._replace_if_unchanged(keys=keys, args=[*args, new.status]))
 
     async def _forget(self, job_id: bytes) -> None:
         """A job in the active list with no record: drop it from the lists, as SAQ does."""

@@ -60,6 +60,12 @@ async def stored(queue: TaskQueue, job: Job) -> Job:
     return record
 
 
+async def raw_record(queue: TaskQueue, job: Job) -> bytes:
+    record = await queue.redis.get(job.id)
+    assert isinstance(record, bytes)
+    return record
+
+
 async def in_list(queue: TaskQueue, name: str, job: Job) -> bool:
     return job.id.encode() in await queue.redis.lrange(queue.namespace(name), 0, -1)
 
@@ -176,3 +182,30 @@ async def test_an_aborted_job_is_not_enqueued(queue: TaskQueue) -> None:
     await queue.abort(job, "cancelled by the engine")
     assert await queue.enqueue(job) is None
     assert await queue.redis.lrange(queue.namespace("queued"), 0, -1) == []
+
+
+async def test_a_sweep_acting_on_an_old_snapshot_changes_nothing(queue: TaskQueue) -> None:
+    """A sweep decides from a snapshot, then acts seconds later (it waits on earlier jobs). A
+    job whose (slow, not dead) worker completed it meanwhile keeps its answer."""
+    job = await claimed(queue, touched_ago_ms=10_000)
+    seen = await raw_record(queue, job)
+    await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})
+    assert not await queue._hand_on(await stored(queue, job), seen, ABORT_WAIT)
+    record = await stored(queue, job)
+    assert (record.status, record.result) == (Status.COMPLETE, {"ok": True, "output": {}})
+    assert not await in_list(queue, "queued", job)
+
+
+async def test_two_sweeps_of_one_dead_job_requeue_it_once(queue: TaskQueue) -> None:
+    """Sweeps outlive their lock (they wait for aborts): two may take the same job."""
+    job = await claimed(queue, touched_ago_ms=10_000)
+    seen = await raw_record(queue, job)
+    other = TaskQueue(queue.redis, name=queue.name)  # another worker process's queue
+    snapshot = await stored(queue, job)
+    handed = await asyncio.gather(
+        queue._hand_on(snapshot, seen, ABORT_WAIT), other._hand_on(snapshot, seen, ABORT_WAIT)
+    )
+    assert sorted(handed) == [False, True]
+    queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
+    assert queued == [job.id.encode()]
+    assert (await stored(queue, job)).status == Status.QUEUED

@@ -38,6 +38,8 @@ CHECK_SECONDS = 2.0
 # How long start() waits for Redis to confirm the subscription.
 CONFIRM_SECONDS = 5.0
 RECONNECT_DELAY_SECONDS = 0.5
+# How long reading back the records of ended jobs may take.
+READ_SECONDS = 10.0
 # A job running untouched, or aborting, this long is lost (see JobAnswers._stalled).
 STALLED_SECONDS = 30.0
 # How long a job SAQ's sweep aborted may take to be back in the queue (the sweep waits up to
@@ -185,7 +187,10 @@ class JobAnswers:
 
     async def _read_records(self, batch: list[tuple[str, asyncio.Future[Job | None]]]) -> None:
         try:
-            records = await self._queue.redis.mget([job_id for job_id, _ in batch])
+            # Bounded: a Redis that stopped answering fails the read (TimeoutError is an
+            # OSError), and the waiters read again once it is back.
+            async with asyncio.timeout(READ_SECONDS):
+                records = await self._queue.redis.mget([job_id for job_id, _ in batch])
         except BaseException as exc:
             for _, future in batch:
                 if not future.done():

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SWEEP_RETRIES = 3
 # Seconds a finished job's record stays in Redis.
 JOB_TTL_SECONDS = 600
+# How long aborting a cancelled task's job may take.
+ABORT_SECONDS = 5.0
 
 
 class SaqExecutor:
@@ -76,9 +78,13 @@ class SaqExecutor:
                 job = await self._answers.wait(job, ended)
             except asyncio.CancelledError:
                 # Also while it is being enqueued: an abort first leaves a marker that makes
-                # the enqueue refuse the job, an abort after it stops the job.
+                # the enqueue refuse the job, an abort after it stops the job. Bounded, so
+                # that a Redis that stopped answering cannot hold up a cancel or a shutdown;
+                # and the record it writes expires, in case the job was never enqueued.
                 with contextlib.suppress(Exception):
-                    await self.queue.abort(job, "cancelled by the engine")
+                    async with asyncio.timeout(ABORT_SECONDS):
+                        await self.queue.abort(job, "cancelled by the engine")
+                        await self.queue.redis.expire(job.id, JOB_TTL_SECONDS)
                 raise
         if job.status == Status.COMPLETE:
             answer = job.result or {}
