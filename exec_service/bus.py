@@ -78,6 +78,8 @@ class EventBus(Protocol):
     async def start(self) -> None: ...
     async def publish(self, channel: str, payload: bytes) -> None: ...
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
+    def claim(self, channel: str) -> None: ...
+    def release(self, channel: str) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -104,6 +106,10 @@ class _LocalFanout:
         for subscription in tuple(self.channels.get(channel, ())):
             subscription.deliver(payload)
 
+    def resync(self, channel: str) -> None:
+        for subscription in tuple(self.channels.get(channel, ())):
+            subscription.deliver(RESYNC)
+
     def resync_all(self) -> None:
         for subscribers in tuple(self.channels.values()):
             for subscription in tuple(subscribers):
@@ -125,6 +131,12 @@ class MemoryBus:
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self._fanout.subscribe(channel)
 
+    def claim(self, channel: str) -> None:
+        return None  # every announcement is local here
+
+    def release(self, channel: str) -> None:
+        return None
+
     async def ping(self) -> None:
         return None
 
@@ -133,10 +145,17 @@ class MemoryBus:
 
 
 class RedisBus:
-    """One pub/sub connection per process, subscribed once to every channel of ours (a pattern):
-    a watcher starts with no round trip to Redis and no subscription to wait for, and
-    delivery to local watchers is by channel, here. The cost is that every process receives
-    every announcement, which at the sizes involved (a few KB each) is the cheaper side."""
+    """One pub/sub connection per process, subscribed at Redis only to the channels that have a
+    watcher here and are not announced from here.
+
+    A process that runs an execution `claim`s its channel: its own watchers of it get each
+    announcement handed to them directly, and the process does not hear its own announcements
+    back from Redis (reading them back was about a tenth of the execution service's CPU). Other
+    processes' watchers subscribe at Redis, each channel once, confirmed before the watcher
+    reads the state it starts from. When the runner goes (its execution ended, or moved to
+    another process), a channel still watched here is subscribed at Redis, and its watchers
+    re-read the state, in case the next owner announced something in between.
+    """
 
     name = "redis"
 
@@ -149,22 +168,53 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX_SIZE)
-        # Set when Redis confirms the pattern: only then does it deliver what is published.
-        self._confirmed = asyncio.Event()
+        # Channels announced from here, with how many runners here announce each.
+        self._sources: dict[str, int] = {}
+        # Channels subscribed at Redis, each with a future set once Redis confirmed it...
+        self._listening: dict[str, asyncio.Future[None]] = {}
+        # ...and how many of its subscribe commands Redis has yet to confirm.
+        self._unconfirmed: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 
     def _key(self, channel: str) -> str:
         return self._prefix + REDIS_CHANNEL.format(channel=channel)
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
-        # Every channel under our prefix; glob characters in the prefix itself are escaped.
-        prefix = glob_escape(self._prefix)
-        await self._pubsub.psubscribe(prefix + REDIS_CHANNEL.format(channel="*"))
+        waiter = self._request(CONTROL_CHANNEL)
+        await self._pubsub.subscribe(self._key(CONTROL_CHANNEL))
         self._reader = asyncio.create_task(self._read(), name="redis-bus-reader")
         self._publisher = asyncio.create_task(self._publish_loop(), name="redis-bus-publisher")
-        # Watchers read the current state after subscribing: the pattern must be in force at
-        # Redis before anyone relies on it, or what is published in between reaches nobody.
-        await asyncio.wait_for(self._confirmed.wait(), CONFIRM_SECONDS)
+        # Engines rely on the control channel from the start.
+        await asyncio.wait_for(asyncio.shield(waiter), CONFIRM_SECONDS)
+
+    def _request(self, channel: str) -> asyncio.Future[None]:
+        """Note a subscribe command about to be sent; the future of its confirmation."""
+        waiter = self._listening.get(channel)
+        if waiter is None:
+            waiter = self._listening[channel] = asyncio.get_running_loop().create_future()
+        self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+        return waiter
+
+    async def _listen(self, channel: str) -> None:
+        """Subscribe `channel` at Redis (once, however many watchers), and wait until Redis
+        confirms it: only then does it deliver what is published."""
+        assert self._pubsub is not None, "start() the bus first"
+        waiter = self._listening.get(channel)
+        if waiter is None:
+            waiter = self._request(channel)
+            await self._pubsub.subscribe(self._key(channel))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), CONFIRM_SECONDS)
+        except TimeoutError:
+            # The watcher goes on: if something passes it by, its quiet-bus re-read finds it.
+            log.warning("Redis did not confirm a subscription to %s in time", channel)
+
+    async def _unlisten(self, channel: str) -> None:
+        assert self._pubsub is not None
+        if self._listening.pop(channel, None) is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(self._key(channel))
 
     async def _read(self) -> None:
         assert self._pubsub is not None
@@ -179,13 +229,25 @@ class RedisBus:
                 continue
             if message is None:
                 continue
-            if message["type"] == "pmessage":
+            if message["type"] == "message":
                 self._fanout.deliver(message["channel"].decode()[strip:], message["data"])
-            elif message["type"] == "psubscribe":
-                self._confirmed.set()
+            elif message["type"] == "subscribe":
+                self._confirmed(message["channel"].decode()[strip:])
+
+    def _confirmed(self, channel: str) -> None:
+        left = max(0, self._unconfirmed.get(channel, 0) - 1)
+        self._unconfirmed[channel] = left
+        waiter = self._listening.get(channel)
+        if left == 0:
+            self._unconfirmed.pop(channel, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     async def publish(self, channel: str, payload: bytes) -> None:
-        """Queue the announcement; a single sender pipelines them to Redis in order."""
+        """Hand the announcement to this process's watchers (unless it comes back to them from
+        Redis), and queue it for Redis; a single sender pipelines them to Redis in order."""
+        if channel not in self._listening:
+            self._fanout.deliver(channel, payload)
         try:
             self._outbox.put_nowait((channel, payload))
         except asyncio.QueueFull:
@@ -208,19 +270,47 @@ class RedisBus:
         except (RedisError, OSError) as exc:
             log.warning("publishing %d announcements failed: %s", len(batch), exc)
 
-    def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
-        assert self._pubsub is not None, "start() the bus first"
-        # The pattern subscription made in start() covers every channel: only local fan-out.
-        return self._fanout.subscribe(channel)
+    @contextlib.asynccontextmanager
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+        try:
+            async with self._fanout.subscribe(channel) as subscription:
+                if channel not in self._sources:
+                    await self._listen(channel)
+                yield subscription
+        finally:
+            if channel != CONTROL_CHANNEL and channel not in self._fanout.channels:
+                await self._unlisten(channel)
+
+    def claim(self, channel: str) -> None:
+        """A runner here announces `channel` from now on."""
+        self._sources[channel] = self._sources.get(channel, 0) + 1
+
+    def release(self, channel: str) -> None:
+        """That runner stopped: if the channel is still watched here, hear it from Redis."""
+        left = self._sources.get(channel, 0) - 1
+        if left > 0:
+            self._sources[channel] = left
+            return
+        self._sources.pop(channel, None)
+        if channel in self._fanout.channels and channel not in self._listening:
+            task = asyncio.create_task(self._hear_from_redis(channel))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _hear_from_redis(self, channel: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._listen(channel)
+        self._fanout.resync(channel)  # another process may have announced in between
 
     async def ping(self) -> None:
         await self._redis.ping()
 
     async def close(self) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+        for task in [*self._background, self._publisher]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         leftover = []
         while not self._outbox.empty():
             leftover.append(self._outbox.get_nowait())

@@ -375,8 +375,13 @@ class Engine:
         )
         self.runners[execution_id] = task
         self._spawned_at[execution_id] = asyncio.get_running_loop().time()
+        # Announced from here while the runner lives (claimed before a watcher asks, released
+        # however the task ends): watchers here need no Redis subscription for it.
+        channel = execution_channel(execution_id)
+        self.bus.claim(channel)
 
         def forget(_: asyncio.Task[None]) -> None:
+            self.bus.release(channel)
             if self.runners.get(execution_id) is task:
                 del self.runners[execution_id]
                 del self._spawned_at[execution_id]
