@@ -79,7 +79,7 @@ class EventBus(Protocol):
     async def publish(self, channel: str, payload: bytes) -> None: ...
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
     def claim(self, channel: str) -> None: ...
-    def release(self, channel: str) -> None: ...
+    def release(self, channel: str, *, ended: bool) -> None: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -134,7 +134,7 @@ class MemoryBus:
     def claim(self, channel: str) -> None:
         return None  # every announcement is local here
 
-    def release(self, channel: str) -> None:
+    def release(self, channel: str, *, ended: bool) -> None:
         return None
 
     async def ping(self) -> None:
@@ -285,13 +285,16 @@ class RedisBus:
         """A runner here announces `channel` from now on."""
         self._sources[channel] = self._sources.get(channel, 0) + 1
 
-    def release(self, channel: str) -> None:
-        """That runner stopped: if the channel is still watched here, hear it from Redis."""
+    def release(self, channel: str, *, ended: bool) -> None:
+        """That runner stopped. Unless it `ended` the execution (its watchers here have had the
+        last announcement), a channel still watched here is heard from Redis from now on."""
         left = self._sources.get(channel, 0) - 1
         if left > 0:
             self._sources[channel] = left
             return
         self._sources.pop(channel, None)
+        if ended:
+            return
         if channel in self._fanout.channels and channel not in self._listening:
             task = asyncio.create_task(self._hear_from_redis(channel))
             self._background.add(task)

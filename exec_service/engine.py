@@ -306,7 +306,7 @@ class Engine:
         self.bus = bus
         self.config = config or EngineConfig()
         self.owner = owner_id()
-        self.runners: dict[int, asyncio.Task[None]] = {}
+        self.runners: dict[int, asyncio.Task[bool]] = {}
         self._spawned_at: dict[int, float] = {}
         self._commits: set[asyncio.Future[None]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -380,8 +380,10 @@ class Engine:
         channel = execution_channel(execution_id)
         self.bus.claim(channel)
 
-        def forget(_: asyncio.Task[None]) -> None:
-            self.bus.release(channel)
+        def forget(_: asyncio.Task[bool]) -> None:
+            # Ended here: its watchers here have had the last announcement already.
+            ended = not task.cancelled() and task.exception() is None and task.result()
+            self.bus.release(channel, ended=ended)
             if self.runners.get(execution_id) is task:
                 del self.runners[execution_id]
                 del self._spawned_at[execution_id]
@@ -393,16 +395,18 @@ class Engine:
         if task is not None:
             task.cancel()
 
-    async def _run(self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None) -> None:
+    async def _run(self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None) -> bool:
+        """True when the execution reached its end here."""
         try:
             if loaded is None:
                 loaded = await store.load_for_run(execution_id)
             if loaded is None:
-                return
+                return False
             execution, runs = loaded
             if execution.lease_owner != self.owner:
-                return
+                return False
             await Runner(self, execution, runs).run()
+            return True
         except Fenced:
             log.info("execution %s moved on without us (cancelled or taken over)", execution_id)
         except asyncio.CancelledError:
@@ -410,6 +414,7 @@ class Engine:
         except Exception:
             # The lease lapses and another round (here or elsewhere) resumes it.
             log.exception("execution %s stopped unexpectedly", execution_id)
+        return False
 
     async def _lease_loop(self) -> None:
         interval = self.config.lease_seconds / 3

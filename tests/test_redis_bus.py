@@ -57,7 +57,7 @@ async def test_when_the_runner_goes_its_watchers_hear_the_next_owner(
     here, there = buses
     here.claim(CHANNEL)
     async with here.subscribe(CHANNEL) as mine:
-        here.release(CHANNEL)  # its lease moved to the other process
+        here.release(CHANNEL, ended=False)  # its lease moved to the other process
         # The watcher re-reads (the next owner may have announced meanwhile), then listens.
         assert await mine.get(within=5) == RESYNC
         assert await subscribers_at_redis(here, CHANNEL) == 1
@@ -65,6 +65,19 @@ async def test_when_the_runner_goes_its_watchers_hear_the_next_owner(
         await there.publish(CHANNEL, b'{"version": 2}')
         assert await mine.get(within=5) == b'{"version": 2}'
         assert await nothing_more(mine)
+
+
+async def test_watchers_of_an_execution_that_ended_here_stay_off_redis(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    here, _ = buses
+    here.claim(CHANNEL)
+    async with here.subscribe(CHANNEL) as mine:
+        await here.publish(CHANNEL, b'{"version": 9, "status": "completed"}')
+        here.release(CHANNEL, ended=True)  # the runner wrote the end, then stopped
+        assert await mine.get(within=5) == b'{"version": 9, "status": "completed"}'
+        assert await nothing_more(mine)  # no re-read asked for
+        assert await subscribers_at_redis(here, CHANNEL) == 0
 
 
 async def test_a_watcher_there_before_the_runner_hears_each_announcement_once(
