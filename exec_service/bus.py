@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
-from typing import Final, Protocol
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, Final, Protocol
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -198,35 +198,65 @@ class RedisBus:
 
     async def _listen(self, channel: str) -> None:
         """Subscribe `channel` at Redis (once, however many watchers), and wait until Redis
-        confirms it: only then does it deliver what is published."""
+        confirms it: only then does it deliver what is published. With Redis away, the
+        watchers go on with their re-reads of the database; `_reconcile` subscribes later."""
         assert self._pubsub is not None, "start() the bus first"
         waiter = self._listening.get(channel)
         if waiter is None:
             waiter = self._request(channel)
-            await self._pubsub.subscribe(self._key(channel))
+            try:
+                await self._pubsub.subscribe(self._key(channel))
+            except (RedisError, OSError) as exc:
+                self._withdraw(channel, waiter)
+                log.warning("could not subscribe to %s (%s); its watchers re-read", channel, exc)
+                return
         try:
             await asyncio.wait_for(asyncio.shield(waiter), CONFIRM_SECONDS)
         except TimeoutError:
             # The watcher goes on: if something passes it by, its quiet-bus re-read finds it.
             log.warning("Redis did not confirm a subscription to %s in time", channel)
 
+    def _withdraw(self, channel: str, waiter: asyncio.Future[None]) -> None:
+        """Forget a subscribe command that never reached Redis."""
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left > 0:
+            self._unconfirmed[channel] = left
+        else:
+            self._unconfirmed.pop(channel, None)
+        if self._listening.get(channel) is waiter:
+            del self._listening[channel]
+        if not waiter.done():
+            waiter.set_result(None)
+
     async def _unlisten(self, channel: str) -> None:
         assert self._pubsub is not None
-        if self._listening.pop(channel, None) is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(self._key(channel))
+        waiter = self._listening.pop(channel, None)
+        if waiter is None:
+            return
+        if not waiter.done():
+            waiter.set_result(None)  # nobody waits on a subscription that is going
+        with contextlib.suppress(RedisError, OSError):
+            # If this fails, Redis may subscribe it again on reconnect: _confirmed undoes that.
+            await self._pubsub.unsubscribe(self._key(channel))
 
     async def _read(self) -> None:
         assert self._pubsub is not None
         strip = len(self._prefix + REDIS_CHANNEL.format(channel=""))
+        lost = False
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
-                log.warning("event bus lost Redis (%s); watchers will re-read", exc)
+                if not lost:
+                    log.warning("event bus lost Redis (%s); watchers will re-read", exc)
+                lost = True
                 self._fanout.resync_all()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
                 continue
+            if lost:
+                # Back: redis-py subscribed again what it knew of; subscribe what it did not.
+                lost = False
+                self._in_background(self._reconcile())
             if message is None:
                 continue
             if message["type"] == "message":
@@ -235,13 +265,40 @@ class RedisBus:
                 self._confirmed(message["channel"].decode()[strip:])
 
     def _confirmed(self, channel: str) -> None:
-        left = max(0, self._unconfirmed.get(channel, 0) - 1)
-        self._unconfirmed[channel] = left
+        pending = self._unconfirmed.get(channel, 0)
+        if pending == 0:
+            # Not asked for just now: redis-py subscribed it again after a reconnect.
+            if channel in self._listening:
+                self._fanout.resync(channel)  # its watchers may have missed something meanwhile
+            elif channel != CONTROL_CHANNEL:
+                self._in_background(self._drop_stale(channel))  # nobody here wants it now
+            return
+        if pending > 1:
+            self._unconfirmed[channel] = pending - 1
+            return
+        del self._unconfirmed[channel]
         waiter = self._listening.get(channel)
-        if left == 0:
-            self._unconfirmed.pop(channel, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _drop_stale(self, channel: str) -> None:
+        assert self._pubsub is not None
+        if channel not in self._listening:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(self._key(channel))
+
+    async def _reconcile(self) -> None:
+        """Subscribe the channels watched here that should be, and are not (their subscribe
+        failed while Redis was away); their watchers re-read."""
+        for channel in list(self._fanout.channels):
+            if channel not in self._sources and channel not in self._listening:
+                await self._listen(channel)
+                self._fanout.resync(channel)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """Hand the announcement to this process's watchers (unless it comes back to them from
@@ -296,13 +353,15 @@ class RedisBus:
         if ended:
             return
         if channel in self._fanout.channels and channel not in self._listening:
-            task = asyncio.create_task(self._hear_from_redis(channel))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._hear_from_redis(channel))
 
     async def _hear_from_redis(self, channel: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._listen(channel)
+        if channel not in self._fanout.channels or channel in self._sources:
+            return  # its watchers left meanwhile, or a runner here took it back
+        await self._listen(channel)
+        if channel not in self._fanout.channels:
+            await self._unlisten(channel)  # the last watcher left while it subscribed
+            return
         self._fanout.resync(channel)  # another process may have announced in between
 
     async def ping(self) -> None:

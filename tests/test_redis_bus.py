@@ -131,3 +131,39 @@ async def test_many_watchers_of_one_channel_share_one_subscription(
         await there.publish(CHANNEL, b'{"version": 4}')
         leave.set()
     assert await subscribers_at_redis(here, CHANNEL) == 0
+
+
+async def test_a_runner_stopped_as_its_last_watcher_leaves_leaves_no_subscription(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    """A cancel on the process that runs the execution: the watcher sees the end and leaves
+    while the runner's release (not ended: it was cancelled) would subscribe at Redis."""
+    here, _ = buses
+    here.claim(CHANNEL)
+    async with here.subscribe(CHANNEL) as mine:
+        await here.publish(CHANNEL, b'{"version": 7, "status": "cancelled"}')
+        assert await mine.get(within=5) is not None
+        here.release(CHANNEL, ended=False)
+    await asyncio.gather(*here._background)  # what the release started, if anything
+    assert await subscribers_at_redis(here, CHANNEL) == 0
+    assert CHANNEL not in here._listening
+
+
+async def test_a_watcher_that_starts_while_redis_is_away_is_not_refused(
+    buses: tuple[RedisBus, RedisBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    here, there = buses
+    assert here._pubsub is not None
+
+    async def unreachable(*channels: str) -> None:
+        raise ConnectionError("Redis is away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(here._pubsub, "subscribe", unreachable)
+        async with here.subscribe(CHANNEL):  # goes on, re-reading the database meanwhile
+            assert CHANNEL not in here._listening
+        assert here._unconfirmed == {}
+    # Redis is back: the next watcher subscribes at once (no confirmation left owed).
+    async with asyncio.timeout(2), here.subscribe(CHANNEL) as mine:
+        await there.publish(CHANNEL, b'{"version": 8}')
+        assert await mine.get(within=5) == b'{"version": 8}'
