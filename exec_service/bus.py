@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final, Protocol
 
@@ -37,11 +36,6 @@ PUBLISH_BATCH = 500
 CONFIRM_SECONDS = 5.0
 # How long close() gives the last announcements to reach Redis.
 CLOSE_SECONDS = 5.0
-
-
-def glob_escape(text: str) -> str:
-    """`text` matched literally in a Redis glob pattern (PSUBSCRIBE, SCAN MATCH)."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def execution_channel(execution_id: int) -> str:

@@ -39,32 +39,28 @@ async def _keep_session(connection: Any) -> None:
     return None
 
 
-def _connection(database_url: str) -> str | dict[str, Any]:
-    if not database_url.startswith(("postgres://", "postgresql://", "asyncpg://")):
-        return database_url
+def _pool(database_url: str) -> dict[str, Any]:
+    """A PostgreSQL connection pool's configuration: the URL's, with sessions kept on release."""
     connection = expand_db_url(database_url)
-    credentials = connection["credentials"]
-    credentials.setdefault("maxsize", POSTGRES_POOL_SIZE)
-    credentials["reset"] = _keep_session
+    connection["credentials"]["reset"] = _keep_session
     return connection
 
 
-def _batched_connection(database_url: str) -> dict[str, Any]:
-    connection = expand_db_url(database_url)
-    credentials = connection["credentials"]
-    credentials["minsize"] = 1
+def _connections(database_url: str) -> dict[str, Any]:
+    if not database_url.startswith(("postgres://", "postgresql://", "asyncpg://")):
+        return {"default": database_url}
+    default, batched = _pool(database_url), _pool(database_url)
+    default["credentials"].setdefault("maxsize", POSTGRES_POOL_SIZE)
+    credentials = batched["credentials"]
     credentials["maxsize"] = BATCHED_POOL_SIZE
-    credentials["reset"] = _keep_session
     settings = dict(credentials.get("server_settings") or {})
     credentials["server_settings"] = settings | {"plan_cache_mode": "force_generic_plan"}
-    return connection
+    return {"default": default, BATCHED_CONNECTION: batched}
 
 
 def tortoise_config(database_url: str) -> dict[str, Any]:
     """The Tortoise configuration for one database URL (`sqlite://PATH` or `postgres://...`)."""
-    connections: dict[str, Any] = {"default": _connection(database_url)}
-    if isinstance(connections["default"], dict):  # PostgreSQL
-        connections[BATCHED_CONNECTION] = _batched_connection(database_url)
+    connections = _connections(database_url)
     return {
         "connections": connections,
         "apps": {

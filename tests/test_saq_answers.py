@@ -4,6 +4,7 @@ real Redis, with the job's end written the way SAQ writes it (record, then a not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -43,6 +44,22 @@ async def end(queue: RedisQueue, job: Job, *, announce: bool = True) -> None:
     await store(queue, job, announce=announce)
 
 
+@contextlib.asynccontextmanager
+async def enqueued(
+    queue: RedisQueue, answers: JobAnswers, job: Job
+) -> AsyncIterator[asyncio.Task[Job]]:
+    """`job` in the queue, and the executor's wait for its end under way."""
+    with answers.expect(job) as ended:
+        await queue.enqueue(job)
+        waiting = asyncio.create_task(answers.wait(job, ended))
+        try:
+            yield waiting
+        finally:
+            waiting.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await waiting
+
+
 async def abort_as_swept(queue: RedisQueue, job: Job) -> None:
     """What a live worker records when SAQ's sweep aborted its job."""
     job.attempts, job.status, job.error = 1, Status.ABORTED, queue.swept_error_message
@@ -73,10 +90,7 @@ async def test_an_end_whose_notice_is_lost_is_found_by_reading(
 ) -> None:
     monkeypatch.setattr(saq_answers, "CHECK_SECONDS", 0.2)
     job = Job("run_task", queue=queue)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
-        await asyncio.sleep(0.05)
+    async with enqueued(queue, answers, job) as waiting:
         await end(queue, job, announce=False)
         stored = await asyncio.wait_for(waiting, 2)
     assert stored.status == Status.COMPLETE
@@ -86,10 +100,10 @@ async def test_a_notice_that_is_not_an_end_keeps_the_waiter_waiting(
     queue: RedisQueue, answers: JobAnswers
 ) -> None:
     job = Job("run_task", queue=queue)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
-        await queue.update(job, status=Status.ACTIVE)  # SAQ announces "active" too
+    async with enqueued(queue, answers, job) as waiting:
+        await queue.update(job, status=Status.ACTIVE)
+        # Plain SAQ announces "active" too (our queue does not): a notice, not an end.
+        await queue.redis.publish(job.id, Status.ACTIVE)
         await asyncio.sleep(0.2)
         assert not waiting.done()
         await end(queue, job)
@@ -100,9 +114,7 @@ async def test_a_job_whose_record_is_gone_is_an_interruption(
     queue: RedisQueue, answers: JobAnswers
 ) -> None:
     job = Job("run_task", queue=queue)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
+    async with enqueued(queue, answers, job) as waiting:
         await queue.redis.delete(job.id)  # Redis flushed or restarted without persistence
         await queue.notify(Job("run_task", queue=queue, key=job.key, status=Status.COMPLETE))
         with pytest.raises(TaskInterrupted):
@@ -113,9 +125,7 @@ async def test_an_abort_by_the_sweep_with_a_retry_to_come_is_not_the_end(
     queue: RedisQueue, answers: JobAnswers
 ) -> None:
     job = Job("run_task", queue=queue, retries=3)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
+    async with enqueued(queue, answers, job) as waiting:
         # A live worker's abort of a swept job lands first; the sweep then requeues it.
         await abort_as_swept(queue, job)
         await asyncio.sleep(0.2)
@@ -128,9 +138,7 @@ async def test_an_abort_by_the_sweep_with_no_retry_left_is_the_end(
     queue: RedisQueue, answers: JobAnswers
 ) -> None:
     job = Job("run_task", queue=queue, retries=1)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
+    async with enqueued(queue, answers, job) as waiting:
         await abort_as_swept(queue, job)
         assert (await asyncio.wait_for(waiting, 2)).status == Status.ABORTED
 
@@ -151,9 +159,7 @@ async def test_redis_away_while_reading_is_waited_out(
 
     monkeypatch.setattr(answers, "_fetch", failing_twice)
     job = Job("run_task", queue=queue)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
+    async with enqueued(queue, answers, job) as waiting:
         await end(queue, job)
         assert (await asyncio.wait_for(waiting, 2)).status == Status.COMPLETE
     assert failures == 2
@@ -168,9 +174,7 @@ async def test_a_job_lost_by_saq_is_given_up_and_aborted(
     monkeypatch.setattr(saq_answers, "CHECK_SECONDS", 0.1)
     monkeypatch.setattr(saq_answers, "STALLED_SECONDS", 0.5)
     job = Job("run_task", queue=queue)
-    with answers.expect(job) as ended:
-        await queue.enqueue(job)
-        waiting = asyncio.create_task(answers.wait(job, ended))
+    async with enqueued(queue, answers, job) as waiting:
         await queue.update(job, status=status)  # touched now, then never again
         await asyncio.sleep(0.3)
         assert not waiting.done()

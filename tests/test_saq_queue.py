@@ -8,9 +8,11 @@ so that each race is set up exactly rather than hoped for."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio.client import PubSub
 from saq import Job
 from saq.job import Status
 from saq.utils import now
@@ -66,6 +68,20 @@ async def raw_record(queue: TaskQueue, job: Job) -> bytes:
     return record
 
 
+@contextlib.asynccontextmanager
+async def notices(queue: TaskQueue, job: Job) -> AsyncIterator[PubSub]:
+    """The notices on `job`'s channel, from the moment Redis confirms the subscription."""
+    pubsub = queue.redis.pubsub()
+    await pubsub.subscribe(job.id)
+    try:
+        confirmation = await pubsub.get_message(timeout=5)
+        assert confirmation is not None
+        assert confirmation["type"] == "subscribe"
+        yield pubsub
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
 async def in_list(queue: TaskQueue, name: str, job: Job) -> bool:
     return job.id.encode() in await queue.redis.lrange(queue.namespace(name), 0, -1)
 
@@ -117,13 +133,12 @@ async def test_a_job_its_worker_completes_during_the_sweep_is_not_run_again(
 ) -> None:
     """SAQ's sweep re-queued it after its worker stored the answer: the task ran twice."""
     job = await claimed(queue, touched_ago_ms=10_000)  # the worker's loop was blocked, say
-    sweeping_task = asyncio.create_task(queue.sweep(lock=60, abort=5.0))
-
-    async def aborting() -> None:
-        while (await stored(queue, job)).status != Status.ABORTING:  # noqa: ASYNC110 - no event
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(aborting(), 5)
+    async with notices(queue, job) as pubsub:  # the sweep announces its abort there
+        sweeping_task = asyncio.create_task(queue.sweep(lock=60, abort=5.0))
+        notice = await pubsub.get_message(timeout=5)
+        assert notice is not None
+        assert notice["data"] == b"aborting"
+    assert (await stored(queue, job)).status == Status.ABORTING
     await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})  # it wakes up
     assert await asyncio.wait_for(sweeping_task, 5) == [job.id]
     record = await stored(queue, job)
@@ -158,10 +173,7 @@ async def test_an_ended_job_left_in_the_active_list_keeps_its_answer(queue: Task
 
 async def test_only_a_jobs_end_is_announced_and_after_it_is_stored(queue: TaskQueue) -> None:
     job = await taken(queue)
-    pubsub = queue.redis.pubsub()
-    await pubsub.subscribe(job.id)
-    try:
-        assert (await pubsub.get_message(timeout=5))["type"] == "subscribe"
+    async with notices(queue, job) as pubsub:
         job.attempts += 1
         job.started = now()
         await queue.update(job, status=Status.ACTIVE)  # started
@@ -172,8 +184,6 @@ async def test_only_a_jobs_end_is_announced_and_after_it_is_stored(queue: TaskQu
         assert (message["type"], message["data"]) == ("message", b"complete")
         assert (await stored(queue, job)).status == Status.COMPLETE
         assert await pubsub.get_message(timeout=0.2) is None  # nothing else came
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_an_aborted_job_is_not_enqueued(queue: TaskQueue) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,6 @@ from saq.job import TERMINAL_STATUSES, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now as saq_now
 
-from exec_service.bus import glob_escape
 from exec_service.executors import TaskInterrupted
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,13 @@ STALLED_SECONDS = 30.0
 # How long a job SAQ's sweep aborted may take to be back in the queue (the sweep waits up to
 # 5 s for the abort to land before it requeues the job).
 SWEEP_GRACE_SECONDS = 15.0
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a Redis glob pattern (PSUBSCRIBE, SCAN MATCH)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
 _TERMINAL = frozenset(status.value.encode() for status in TERMINAL_STATUSES)
 
 
