@@ -1,10 +1,14 @@
 """SAQ's Redis queue as the execution plane uses it: a sweep that hands on only the jobs whose
 worker is gone, and fewer round trips per job.
 
-Round trips: SAQ announces every status change of a job on the job's channel, after the write.
-Only ends are listened for (the engine's JobAnswers, SAQ's own waits), so the other notices
-(started, touched by a heartbeat, re-queued) are not sent: each reached every engine for
-nothing. The notice of an end goes in the same transaction as the end itself.
+Round trips: a worker of SAQ's makes four per job (take it, read it, mark it active, store
+its end); here it makes two while jobs are waiting. Taking a job and reading it are one
+script. Marking it active waits for its first heartbeat, a second in: most tasks end sooner,
+and their record goes from queued to ended (see `_update`). And SAQ announces every status
+change of a job on the job's channel, after the write. Only ends are listened for (the
+engine's JobAnswers, SAQ's own waits), so the other notices (started, touched by a heartbeat,
+re-queued) are not sent: each reached every engine for nothing. The notice of an end goes in
+the same transaction as the end itself.
 
 SAQ's own sweep (0.26) can run a task twice (SAQ issues #124 and #277, open):
 - It takes every job in the active list whose record does not say "active" for stuck. But a
@@ -96,10 +100,34 @@ else
 end
 return 1
 """
+# Take the next queued job into the active list and read its record, in one round trip (SAQ
+# takes two). KEYS: queued, active.
+_TAKE = """
+local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+if not job_id then return false end
+return {job_id, redis.call('GET', job_id)}
+"""
+
+# Write a job's record only if it is still what this worker last read or wrote. KEYS: the
+# job's id. ARGV: the record expected, the new record.
+_SET_IF_UNCHANGED = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 # How often the sweep tries again when a job's record changed under its re-queue.
 REPLACE_ATTEMPTS = 3
 # How long the abort marker of a swept job lives (as SAQ's).
 ABORT_MARKER_SECONDS = 5
+
+
+@dataclasses.dataclass
+class _Claim:
+    """A job this process's worker took: its record as this worker last read or wrote it."""
+
+    record: bytes | str
+    # Until SAQ's worker first marks the job active (right after taking it), which is deferred.
+    fresh: bool = True
 
 
 class TaskQueue(RedisQueue):
@@ -108,12 +136,72 @@ class TaskQueue(RedisQueue):
         self._candidates = self.redis.register_script(_CANDIDATES)
         self._abort_if_unchanged = self.redis.register_script(_ABORT_IF_UNCHANGED)
         self._replace_if_unchanged = self.redis.register_script(_REPLACE_IF_UNCHANGED)
+        self._take = self.redis.register_script(_TAKE)
+        self._set_if_unchanged = self.redis.register_script(_SET_IF_UNCHANGED)
         # Jobs seen in the active list still marked queued: id -> (what they looked like, when).
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
+        # Jobs this process's worker runs, by id.
+        self._claims: dict[str, _Claim] = {}
 
     async def notify(self, job: Job) -> None:
         if job.status in TERMINAL_STATUSES:
             await super().notify(job)
+
+    async def dequeue(
+        self,
+        timeout: float = 0.0,  # noqa: ASYNC109 - SAQ's signature
+        poll_interval: float = 0.0,
+    ) -> Job | None:
+        """SAQ's, in one round trip while jobs are waiting (SAQ's takes two, always)."""
+        if await self.version() < (6, 2, 0):
+            return await super().dequeue(timeout, poll_interval)
+        async with self._op_sem:
+            taken = await self._take(keys=[self._queued, self._active], client=self.redis)
+        if taken:
+            job_id, record = taken
+        else:
+            # None waiting: block until one is (a script cannot block), as SAQ does.
+            wait: Any = timeout  # Redis takes fractions of a second; redis-py's stubs say int
+            job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
+            if job_id is None:
+                return None
+            async with self._op_sem:
+                record = await self.redis.get(job_id)
+        job = self.deserialize(record)
+        if job is not None:
+            self._claims[job.id] = _Claim(record)
+        return job
+
+    async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
+        """For a job this worker runs: marking it active as it starts is deferred to its first
+        heartbeat, and every write is a compare-and-set on the record this worker last saw.
+
+        Most tasks end within a second, before their first heartbeat: their record goes from
+        queued to ended, and the worker makes two round trips per job instead of three. A job
+        taken but not marked active is the state a worker that died between SAQ's two steps
+        leaves, which the sweep already hands on after UNCLAIMED_GRACE_SECONDS (and counts as
+        an attempt). The compare-and-set keeps a heartbeat from overwriting the engine's
+        abort, or a sweep's: SAQ's touch reads the status and writes the record a round trip
+        later, blind."""
+        claim = self._claims.get(job.id)
+        if claim is None:
+            await super()._update(job, status, **kwargs)
+            return
+        if claim.fresh and status == Status.ACTIVE:
+            claim.fresh = False
+            return
+        claim.fresh = False
+        job.status = Status.ACTIVE if status is None else status
+        record = self.serialize(job)
+        if await self._set_if_unchanged(keys=[job.id], args=[claim.record, record]):
+            claim.record = record
+            await self.notify(job)
+        else:
+            log.info("job %s changed under its worker (aborted or swept): not touched", job.id)
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        self._claims.pop(job.id, None)
+        await super()._retry(job, error)
 
     async def _finish(
         self,
@@ -124,6 +212,7 @@ class TaskQueue(RedisQueue):
         error: str | None = None,
     ) -> None:
         """SAQ's, with the notice in the transaction: one round trip instead of two."""
+        self._claims.pop(job.id, None)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lrem(self.namespace("active"), 1, job.id)
             pipe.zrem(self.namespace("incomplete"), job.id)
@@ -189,6 +278,11 @@ class TaskQueue(RedisQueue):
         """Abort the job where it may still run, then re-queue it unless it ended meanwhile.
         False if its record changed since `seen` was read (its worker lives: nothing to do)."""
         aborting = dataclasses.replace(job, status=Status.ABORTING, error=self.swept_error_message)
+        if job.status == Status.QUEUED:
+            # Taken by a worker that died before it marked the job active (which it defers):
+            # an attempt all the same, or a job that kills its worker at once would go round
+            # the workers for ever.
+            aborting.attempts += 1
         keys = [job.id, job.abort_id, self.namespace("queued"), self.namespace("incomplete")]
         keys.append(self.namespace("active"))
         args: list[Any] = [seen, self.serialize(aborting), ABORT_MARKER_SECONDS, aborting.error]

@@ -2,8 +2,8 @@
 worker is gone, and never a job a live worker is about to run or has ended (SAQ issues #124,
 #277); it announces a job's end, in the same transaction, and nothing else.
 
-Workers are played by hand here (SAQ's own steps: `dequeue`, then `update(status=ACTIVE)`),
-so that each race is set up exactly rather than hoped for."""
+Workers are played by hand here (SAQ's own steps: `dequeue`, then `update(status=ACTIVE)`;
+then the heartbeat's `update()`), so that each race is set up exactly rather than hoped for."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ async def sweep(queue: TaskQueue) -> list[str]:
 
 async def taken(queue: TaskQueue, **fields: object) -> Job:
     """A job a worker has just moved into the active list (and not yet marked active)."""
-    await queue.enqueue(Job("run_task", queue=queue, heartbeat=5, retries=3, **fields))  # type: ignore[arg-type]
+    settings: dict[str, object] = {"heartbeat": 5, "retries": 3} | fields
+    await queue.enqueue(Job("run_task", queue=queue, **settings))  # type: ignore[arg-type]
     job = await queue.dequeue()
     assert job is not None
     return job
@@ -50,6 +51,7 @@ async def claimed(queue: TaskQueue, *, touched_ago_ms: int = 0) -> Job:
     job.attempts += 1
     job.started = now()
     await queue.update(job, status=Status.ACTIVE)
+    await queue.update(job)  # its first heartbeat: the worker defers marking it active to it
     if touched_ago_ms:
         job.touched = now() - touched_ago_ms
         await queue.redis.set(job.id, queue.serialize(job))
@@ -91,12 +93,46 @@ async def test_a_job_just_taken_by_a_worker_is_left_to_it(queue: TaskQueue) -> N
     assert await sweep(queue) == []
     assert (await stored(queue, job)).status == Status.QUEUED
     assert await in_list(queue, "active", job)
-    # The worker marks it active a moment later and runs it, as if the sweep had not been.
+    # The worker starts it (marking it active waits for the first heartbeat: most jobs end
+    # sooner), then runs it, as if the sweep had not been.
     job.attempts += 1
     job.started = now()
     await queue.update(job, status=Status.ACTIVE)
+    assert (await stored(queue, job)).status == Status.QUEUED
+    assert await sweep(queue) == []
+    await queue.update(job)  # the first heartbeat
+    record = await stored(queue, job)
+    assert (record.status, record.attempts) == (Status.ACTIVE, 1)
     assert await sweep(queue) == []
     assert (await stored(queue, job)).status == Status.ACTIVE
+
+
+async def test_a_worker_takes_a_job_waiting_or_one_enqueued_while_it_waits(
+    queue: TaskQueue,
+) -> None:
+    waiting = await taken(queue)  # in the queue before the worker asked
+    assert await in_list(queue, "active", waiting)
+    later = asyncio.create_task(queue.dequeue())
+    await asyncio.sleep(0.05)  # the worker is blocked on the empty queue
+    assert not later.done()
+    enqueued = await queue.enqueue(Job("run_task", queue=queue))
+    assert enqueued is not None
+    job = await asyncio.wait_for(later, 5)
+    assert job is not None
+    assert (job.key, job.status) == (enqueued.key, Status.QUEUED)
+    assert await in_list(queue, "active", job)
+
+
+async def test_a_heartbeat_does_not_overwrite_an_abort(queue: TaskQueue) -> None:
+    """The engine aborts a job its worker has just started (and not yet marked active)."""
+    job = await taken(queue)
+    job.attempts += 1
+    await queue.update(job, status=Status.ACTIVE)
+    engine = TaskQueue(queue.redis, name=queue.name)  # the execution service's queue
+    await engine.abort(await stored(queue, job), "cancelled by the engine")
+    await queue.update(job)  # the heartbeat
+    record = await stored(queue, job)
+    assert (record.status, record.error) == (Status.ABORTING, "cancelled by the engine")
 
 
 async def test_a_job_whose_worker_died_before_marking_it_is_handed_on(
@@ -108,8 +144,23 @@ async def test_a_job_whose_worker_died_before_marking_it_is_handed_on(
     assert await sweep(queue) == [job.id]
     record = await stored(queue, job)
     assert (record.status, record.error) == (Status.QUEUED, queue.swept_error_message)
+    assert record.attempts == 1  # counted, though its worker never marked it
     assert await in_list(queue, "queued", job)
     assert not await in_list(queue, "active", job)
+
+
+async def test_a_job_that_kills_its_workers_at_once_runs_out_of_retries(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sweeping, "UNCLAIMED_GRACE_SECONDS", 0.0)
+    job = await taken(queue, retries=2)
+    assert await sweep(queue) == [job.id]  # its first worker died: run it again
+    assert (await stored(queue, job)).status == Status.QUEUED
+    assert await queue.dequeue() is not None  # and so did the second
+    assert await sweep(queue) == [job.id]
+    record = await stored(queue, job)
+    assert (record.status, record.attempts) == (Status.ABORTED, 2)
+    assert not await in_list(queue, "queued", job)
 
 
 async def test_a_job_whose_worker_stopped_touching_it_is_handed_on(queue: TaskQueue) -> None:
