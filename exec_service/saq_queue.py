@@ -2,13 +2,13 @@
 worker is gone, and fewer round trips per job.
 
 Round trips: a worker of SAQ's makes four per job (take it, read it, mark it active, store
-its end); here it makes two while jobs are waiting. Taking a job and reading it are one
-script. Marking it active waits for its first heartbeat, a second in: most tasks end sooner,
-and their record goes from queued to ended (see `_update`). And SAQ announces every status
-change of a job on the job's channel, after the write. Only ends are listened for (the
-engine's JobAnswers, SAQ's own waits), so the other notices (started, touched by a heartbeat,
-re-queued) are not sent: each reached every engine for nothing. The notice of an end goes in
-the same transaction as the end itself.
+its end); here it makes two while jobs are waiting, three when it waits for them. Taking a
+waiting job and reading it are one script. Marking it active waits for its first heartbeat, a
+second in: most tasks end sooner, and their record goes from queued to ended (see `_update`).
+And SAQ announces every status change of a job on the job's channel, after the write. Only
+ends are listened for (the engine's JobAnswers, SAQ's own waits), so the other notices
+(started, touched by a heartbeat, re-queued) are not sent: each reached every engine for
+nothing. The notice of an end goes in the same transaction as the end itself.
 
 SAQ's own sweep (0.26) can run a task twice (SAQ issues #124 and #277, open):
 - It takes every job in the active list whose record does not say "active" for stuck. But a
@@ -102,10 +102,11 @@ return 1
 """
 # Take the next queued job into the active list and read its record, in one round trip (SAQ
 # takes two). KEYS: queued, active.
+# Also answers how many jobs are left waiting.
 _TAKE = """
 local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if not job_id then return false end
-return {job_id, redis.call('GET', job_id)}
+return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
 """
 
 # Write a job's record only if it is still what this worker last read or wrote. KEYS: the
@@ -142,6 +143,8 @@ class TaskQueue(RedisQueue):
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
         # Jobs this process's worker runs, by id.
         self._claims: dict[str, _Claim] = {}
+        # Whether jobs were left waiting when this process last took one.
+        self._backlog = True
 
     async def notify(self, job: Job) -> None:
         if job.status in TERMINAL_STATUSES:
@@ -152,21 +155,30 @@ class TaskQueue(RedisQueue):
         timeout: float = 0.0,  # noqa: ASYNC109 - SAQ's signature
         poll_interval: float = 0.0,
     ) -> Job | None:
-        """SAQ's, in one round trip while jobs are waiting (SAQ's takes two, always)."""
+        """SAQ's, in one round trip while jobs are waiting (SAQ's takes two, always).
+
+        Whether jobs are waiting is known from the last job taken (either way answers how many
+        are left): a worker keeps up with its queue, or it falls behind, for a while."""
         if await self.version() < (6, 2, 0):
             return await super().dequeue(timeout, poll_interval)
-        async with self._op_sem:
-            taken = await self._take(keys=[self._queued, self._active], client=self.redis)
+        taken = None
+        if self._backlog:
+            async with self._op_sem:
+                taken = await self._take(keys=[self._queued, self._active], client=self.redis)
         if taken:
-            job_id, record = taken
+            job_id, record, left = taken
         else:
             # None waiting: block until one is (a script cannot block), as SAQ does.
             wait: Any = timeout  # Redis takes fractions of a second; redis-py's stubs say int
             job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
             if job_id is None:
+                self._backlog = False
                 return None
-            async with self._op_sem:
-                record = await self.redis.get(job_id)
+            async with self._op_sem, self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(job_id)
+                pipe.llen(self._queued)
+                record, left = await pipe.execute()
+        self._backlog = left > 0
         job = self.deserialize(record)
         if job is not None:
             self._claims[job.id] = _Claim(record)
