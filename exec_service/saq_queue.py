@@ -109,13 +109,20 @@ if not job_id then return false end
 return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
 """
 
-# Write a job's record only if it is still what this worker last read or wrote. KEYS: the
-# job's id. ARGV: the record expected, the new record.
+# Write a job's record only if it is still one this worker read or wrote. KEYS: the job's id.
+# ARGV: the new record, then the records it may replace.
 _SET_IF_UNCHANGED = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
+local current = redis.call('GET', KEYS[1])
+for i = 2, #ARGV do
+    if current == ARGV[i] then
+        redis.call('SET', KEYS[1], ARGV[1])
+        return 1
+    end
+end
+return 0
 """
+# Records a claim remembers at most (writes whose answers were lost, while Redis was away).
+CLAIM_RECORDS = 8
 # How often the sweep tries again when a job's record changed under its re-queue.
 REPLACE_ATTEMPTS = 3
 # How long the abort marker of a swept job lives (as SAQ's).
@@ -124,9 +131,12 @@ ABORT_MARKER_SECONDS = 5
 
 @dataclasses.dataclass
 class _Claim:
-    """A job this process's worker took: its record as this worker last read or wrote it."""
+    """A job this process's worker took, and the records of it that Redis may hold: the one
+    this worker last read or wrote, and any it wrote since without hearing back (the write may
+    have landed, its answer lost with the connection; refusing those would stop the job's
+    heartbeat for good, and a sweep would run the job again)."""
 
-    record: bytes | str
+    records: list[bytes | str]
     # Until SAQ's worker first marks the job active (right after taking it), which is deferred.
     fresh: bool = True
 
@@ -181,12 +191,12 @@ class TaskQueue(RedisQueue):
         self._backlog = left > 0
         job = self.deserialize(record)
         if job is not None:
-            self._claims[job.id] = _Claim(record)
+            self._claims[job.id] = _Claim([record])
         return job
 
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
         """For a job this worker runs: marking it active as it starts is deferred to its first
-        heartbeat, and every write is a compare-and-set on the record this worker last saw.
+        heartbeat, and every write is a compare-and-set on a record this worker read or wrote.
 
         Most tasks end within a second, before their first heartbeat: their record goes from
         queued to ended, and the worker makes two round trips per job instead of three. A job
@@ -205,10 +215,12 @@ class TaskQueue(RedisQueue):
         claim.fresh = False
         job.status = Status.ACTIVE if status is None else status
         record = self.serialize(job)
-        if await self._set_if_unchanged(keys=[job.id], args=[claim.record, record]):
-            claim.record = record
+        claim.records = [*claim.records[-(CLAIM_RECORDS - 1) :], record]  # may land unheard
+        if await self._set_if_unchanged(keys=[job.id], args=[record, *claim.records]):
+            claim.records = [record]
             await self.notify(job)
         else:
+            claim.records.pop()  # refused: not written
             log.info("job %s changed under its worker (aborted or swept): not touched", job.id)
 
     async def _retry(self, job: Job, error: str | None) -> None:
@@ -247,6 +259,8 @@ class TaskQueue(RedisQueue):
         handling: list[tuple[bytes, Awaitable[bool]]] = []
         swept: list[bytes] = []
         for job_id, job_bytes in id_jobs:
+            if job_id.decode() in self._claims:
+                continue  # this process runs it, and is alive: it is sweeping
             job = self.deserialize(job_bytes)
             if job is None:
                 await self._forget(job_id)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio.client import PubSub
@@ -30,10 +32,20 @@ async def queue() -> AsyncIterator[TaskQueue]:
         yield made
 
 
+_sweepers: weakref.WeakKeyDictionary[TaskQueue, TaskQueue] = weakref.WeakKeyDictionary()
+
+
+def sweeper(queue: TaskQueue) -> TaskQueue:
+    """The queue of another worker process (a worker's sweep leaves the jobs it runs alone)."""
+    if queue not in _sweepers:
+        _sweepers[queue] = TaskQueue(queue.redis, name=queue.name)
+    return _sweepers[queue]
+
+
 async def sweep(queue: TaskQueue) -> list[str]:
     # Each sweep takes a lock for `lock` seconds; these tests sweep back to back.
     await queue.redis.delete(queue.namespace("sweep"))
-    return await queue.sweep(lock=60, abort=ABORT_WAIT)
+    return await sweeper(queue).sweep(lock=60, abort=ABORT_WAIT)
 
 
 async def taken(queue: TaskQueue, **fields: object) -> Job:
@@ -138,6 +150,40 @@ async def test_a_heartbeat_does_not_overwrite_an_abort(queue: TaskQueue) -> None
     assert (record.status, record.error) == (Status.ABORTING, "cancelled by the engine")
 
 
+async def test_a_heartbeat_whose_answer_was_lost_does_not_stop_the_next(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write landed, its answer went with the connection: the next touch must still be
+    accepted, or the job goes untouched, is swept, and runs a second time."""
+    job = await claimed(queue)
+    set_if_unchanged = queue._set_if_unchanged
+
+    async def landed_unheard(*args: Any, **kwargs: Any) -> Any:
+        await set_if_unchanged(*args, **kwargs)
+        raise ConnectionError("connection lost before the answer")
+
+    monkeypatch.setattr(queue, "_set_if_unchanged", landed_unheard)
+    job.progress = 0.5
+    with pytest.raises(ConnectionError):
+        await queue.update(job)
+    monkeypatch.setattr(queue, "_set_if_unchanged", set_if_unchanged)
+    job.progress = 0.75
+    await queue.update(job)
+    assert (await stored(queue, job)).progress == 0.75
+
+
+async def test_a_worker_leaves_the_jobs_it_runs_to_itself(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its sweep shows it is alive, whatever its jobs' records say."""
+    monkeypatch.setattr(sweeping, "UNCLAIMED_GRACE_SECONDS", 0.0)
+    job = await taken(queue)  # not marked active yet
+    await queue.redis.delete(queue.namespace("sweep"))
+    assert await queue.sweep(lock=60, abort=ABORT_WAIT) == []
+    assert await in_list(queue, "active", job)
+    assert await sweep(queue) == [job.id]  # another worker's sweep: this one is gone, say
+
+
 async def test_a_job_whose_worker_died_before_marking_it_is_handed_on(
     queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +234,7 @@ async def test_a_job_its_worker_completes_during_the_sweep_is_not_run_again(
     """SAQ's sweep re-queued it after its worker stored the answer: the task ran twice."""
     job = await claimed(queue, touched_ago_ms=10_000)  # the worker's loop was blocked, say
     async with notices(queue, job) as pubsub:  # the sweep announces its abort there
-        sweeping_task = asyncio.create_task(queue.sweep(lock=60, abort=5.0))
+        sweeping_task = asyncio.create_task(sweeper(queue).sweep(lock=60, abort=5.0))
         notice = await pubsub.get_message(timeout=5)
         assert notice is not None
         assert notice["data"] == b"aborting"
