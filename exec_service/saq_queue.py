@@ -121,6 +121,24 @@ for i = 2, #ARGV do
 end
 return 0
 """
+# SAQ's re-queue of a job its worker gives back (shutting down, or SAQ's own timeout), only if
+# the job's record is still one this worker read or wrote. KEYS: the job's id, active, queued,
+# incomplete. ARGV: the new record, the incomplete score, '1' to push it to the queue now, then
+# the records it may replace.
+_RETRY_IF_UNCHANGED = """
+local current = redis.call('GET', KEYS[1])
+for i = 4, #ARGV do
+    if current == ARGV[i] then
+        redis.call('LREM', KEYS[2], 1, KEYS[1])
+        redis.call('LREM', KEYS[3], 1, KEYS[1])
+        redis.call('ZADD', KEYS[4], ARGV[2], KEYS[1])
+        if ARGV[3] == '1' then redis.call('RPUSH', KEYS[3], KEYS[1]) end
+        redis.call('SET', KEYS[1], ARGV[1])
+        return 1
+    end
+end
+return 0
+"""
 # Records a claim remembers at most (writes whose answers were lost, while Redis was away).
 CLAIM_RECORDS = 8
 # How often the sweep tries again when a job's record changed under its re-queue.
@@ -149,6 +167,7 @@ class TaskQueue(RedisQueue):
         self._replace_if_unchanged = self.redis.register_script(_REPLACE_IF_UNCHANGED)
         self._take = self.redis.register_script(_TAKE)
         self._set_if_unchanged = self.redis.register_script(_SET_IF_UNCHANGED)
+        self._retry_if_unchanged = self.redis.register_script(_RETRY_IF_UNCHANGED)
         # Jobs seen in the active list still marked queued: id -> (what they looked like, when).
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
         # Jobs this process's worker runs, by id.
@@ -224,8 +243,20 @@ class TaskQueue(RedisQueue):
             log.info("job %s changed under its worker (aborted or swept): not touched", job.id)
 
     async def _retry(self, job: Job, error: str | None) -> None:
-        self._claims.pop(job.id, None)
-        await super()._retry(job, error)
+        """SAQ's, as a compare-and-set for a job this worker runs: a job the engine aborted
+        (its task cancelled, or timed out) while its worker was giving it back stays aborted,
+        rather than going back to the queue and running again; one a sweep took is the
+        sweep's to re-queue."""
+        claim = self._claims.pop(job.id, None)
+        if claim is None:
+            await super()._retry(job, error)
+            return
+        delay = job.next_retry_delay()
+        score = time.time() + delay if delay else job.scheduled
+        keys = [job.id, self._active, self._queued, self._incomplete]
+        args = [self.serialize(job), score, "0" if delay else "1", *claim.records]
+        if not await self._retry_if_unchanged(keys=keys, args=args):
+            log.info("job %s changed under its worker (aborted or swept): not re-queued", job.id)
 
     async def _finish(
         self,

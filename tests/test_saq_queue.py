@@ -184,6 +184,25 @@ async def test_a_worker_leaves_the_jobs_it_runs_to_itself(
     assert await sweep(queue) == [job.id]  # another worker's sweep: this one is gone, say
 
 
+async def test_a_job_its_worker_gives_back_runs_again_unless_it_was_aborted(
+    queue: TaskQueue,
+) -> None:
+    """What SAQ's worker does with the jobs it runs when it shuts down: `retry`. A job the
+    engine aborted in the same moment (its task cancelled) must not go back to the queue."""
+    given_back, aborted = await claimed(queue), await claimed(queue)
+    engine = TaskQueue(queue.redis, name=queue.name)  # the execution service's queue
+    await engine.abort(await stored(queue, aborted), "cancelled by the engine")
+    for job in (given_back, aborted):
+        await queue.retry(job, "cancelled")
+    record = await stored(queue, given_back)
+    assert (record.status, record.error) == (Status.QUEUED, "cancelled")
+    assert await in_list(queue, "queued", given_back)
+    assert not await in_list(queue, "active", given_back)
+    record = await stored(queue, aborted)
+    assert (record.status, record.error) == (Status.ABORTING, "cancelled by the engine")
+    assert not await in_list(queue, "queued", aborted)
+
+
 async def test_a_job_whose_worker_died_before_marking_it_is_handed_on(
     queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
