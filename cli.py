@@ -77,8 +77,9 @@ def _serve(args: argparse.Namespace) -> None:
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
     """Run a server on uvloop where it is installed (uvicorn[standard] brings it, and uvicorn
-    already runs `serve` and `api` on it): the execution service and the workers spend a
-    quarter to a third less CPU per task on it than on asyncio's own loop, measured."""
+    already runs `serve` and `api` on it). The execution service and the workers spend their
+    time in socket round trips, which uvloop's C event loop and transports make cheaper; on the
+    2-core machine the benchmarks ran on, the difference was within run-to-run variation."""
     import asyncio
 
     try:

@@ -14,10 +14,15 @@ TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 Pids = Callable[[], set[int]]
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (fields 3 onwards)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def _ticks(pid: int) -> int:
     """User plus system CPU ticks of one process (all its threads); 0 once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat(pid)
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
@@ -28,9 +33,7 @@ def _parents() -> dict[int, int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
+                parents[int(entry.name)] = int(_stat(entry.name)[1])
             except (OSError, IndexError, ValueError):
                 continue
     return parents

@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/group_commit_plan.py [--executions 60000] [--sizes 2 250]
 
-Creates a scratch database (dropped at the end) with `--executions` executions of ten task
-runs each, most of them ended and 300 in progress under one owner, then runs the statement as
-the engine's pool does (a generic plan) on a batch of each size, inside a transaction it rolls
-back, and prints the plan PostgreSQL chose with its timings (auto_explain). What to look for:
+Creates a scratch database as bench_execution.py does (dropped at the end) with `--executions`
+executions of ten task runs each, most of them ended and 300 in progress under one owner, then
+runs the statement as the engine's pool does (a generic plan) on a batch of each size, inside a
+transaction it rolls back, and prints the plan PostgreSQL chose with its timings
+(auto_explain). What to look for:
 every table reached through its primary key, and no scan of the change list once per change
 (the fence's nested loop took 53 of 70 ms at 250 changes before the fix)."""
 
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import asyncpg
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_execution import backend  # noqa: E402
 from models.batched_changes import STATEMENT, Change, _arguments  # noqa: E402
 from models.db import start_database, stop_database  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 OWNER = "plan-owner"
 IN_FLIGHT = 300
 
@@ -88,12 +87,8 @@ async def explain(connection: asyncpg.Connection, size: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    database = f"plan_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(PG_ADMIN_URL)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    await admin.close()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
-    try:
+    async with backend("postgres-redis") as env:  # a scratch database, as the benchmark's
+        url = env["DATABASE_URL"]
         await start_database(url)  # the schema, by the migrations
         await stop_database()
         connection = await asyncpg.connect(url)
@@ -106,10 +101,6 @@ async def main(args: argparse.Namespace) -> None:
         for size in args.sizes:
             await explain(connection, size)
         await connection.close()
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_URL)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ SAQ's own sweep (0.26) can run a task twice (SAQ issues #124 and #277, open):
 
 This sweep differs in just those points: a job found in the active list still marked queued is
 swept only when a later sweep of this process finds it unchanged UNCLAIMED_GRACE_SECONDS on
-(its worker died between the two steps); a job being aborted is left to whoever aborts it
+(its worker died before marking it: our workers mark a job at its first heartbeat, a second
+in, see `_update`); a job being aborted is left to whoever aborts it
 unless its worker is gone too; and after the abort, a job that ended on its own is left as it
 ended. And every write of the sweep is a compare-and-set on the record it decided from: SAQ's
 are blind, so a sweep acting on a snapshot a few seconds old (its waits run past its lock, and
@@ -101,44 +102,44 @@ end
 return 1
 """
 # Take the next queued job into the active list and read its record, in one round trip (SAQ
-# takes two). KEYS: queued, active.
-# Also answers how many jobs are left waiting.
+# takes two); also answer how many jobs are left waiting. KEYS: queued, active.
 _TAKE = """
 local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
 if not job_id then return false end
 return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
 """
 
-# Write a job's record only if it is still one this worker read or wrote. KEYS: the job's id.
-# ARGV: the new record, then the records it may replace.
-_SET_IF_UNCHANGED = """
+
+def _if_still_ours(first: int, write: str) -> str:
+    """A script that does `write` only if the job's record (KEYS[1]) is still one this worker
+    read or wrote: one of ARGV[first], ARGV[first + 1], ... It answers 1 if it wrote."""
+    return f"""
 local current = redis.call('GET', KEYS[1])
-for i = 2, #ARGV do
+for i = {first}, #ARGV do
     if current == ARGV[i] then
-        redis.call('SET', KEYS[1], ARGV[1])
+{write}
         return 1
     end
 end
 return 0
 """
-# SAQ's re-queue of a job its worker gives back (shutting down, or SAQ's own timeout), only if
-# the job's record is still one this worker read or wrote. KEYS: the job's id, active, queued,
-# incomplete. ARGV: the new record, the incomplete score, '1' to push it to the queue now, then
-# the records it may replace.
-_RETRY_IF_UNCHANGED = """
-local current = redis.call('GET', KEYS[1])
-for i = 4, #ARGV do
-    if current == ARGV[i] then
-        redis.call('LREM', KEYS[2], 1, KEYS[1])
+
+
+# A heartbeat's write. KEYS: the job's id. ARGV: the new record, then the records it may
+# replace.
+_SET_IF_UNCHANGED = _if_still_ours(2, "        redis.call('SET', KEYS[1], ARGV[1])")
+
+# SAQ's re-queue of a job its worker gives back (shutting down, or SAQ's own timeout). KEYS:
+# the job's id, active, queued, incomplete. ARGV: the new record, the incomplete score, '1' to
+# push it to the queue now, then the records it may replace.
+_RETRY_IF_UNCHANGED = _if_still_ours(
+    4,
+    """        redis.call('LREM', KEYS[2], 1, KEYS[1])
         redis.call('LREM', KEYS[3], 1, KEYS[1])
         redis.call('ZADD', KEYS[4], ARGV[2], KEYS[1])
         if ARGV[3] == '1' then redis.call('RPUSH', KEYS[3], KEYS[1]) end
-        redis.call('SET', KEYS[1], ARGV[1])
-        return 1
-    end
-end
-return 0
-"""
+        redis.call('SET', KEYS[1], ARGV[1])""",
+)
 # Records a claim remembers at most (writes whose answers were lost, while Redis was away).
 CLAIM_RECORDS = 8
 # How often the sweep tries again when a job's record changed under its re-queue.
@@ -269,8 +270,8 @@ class TaskQueue(RedisQueue):
         """SAQ's, with the notice in the transaction: one round trip instead of two."""
         self._claims.pop(job.id, None)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.namespace("active"), 1, job.id)
-            pipe.zrem(self.namespace("incomplete"), job.id)
+            pipe.lrem(self._active, 1, job.id)
+            pipe.zrem(self._incomplete, job.id)
             if job.ttl > 0:
                 pipe.setex(job.id, job.ttl, self.serialize(job))
             elif job.ttl == 0:
@@ -282,7 +283,7 @@ class TaskQueue(RedisQueue):
 
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         id_jobs = await self._candidates(
-            keys=[self.namespace("sweep"), self.namespace("active")], args=[lock], client=self.redis
+            keys=[self._sweep, self._active], args=[lock], client=self.redis
         )
         if not id_jobs:
             return []  # another worker holds the sweep lock, or nothing is active
@@ -298,7 +299,7 @@ class TaskQueue(RedisQueue):
                 swept.append(job_id)
             elif job.status in TERMINAL_STATUSES:
                 # Ended, and only left in the list: aborting it would overwrite its answer.
-                await self.redis.lrem(self.namespace("active"), 0, job_id.decode())
+                await self.redis.lrem(self._active, 0, job_id.decode())
             elif job.status == Status.QUEUED:
                 if self._lost_before_claim(job_id, job, unclaimed):
                     handling.append((job_id, self._hand_on(job, job_bytes, abort)))
@@ -322,7 +323,8 @@ class TaskQueue(RedisQueue):
         unclaimed: dict[bytes, tuple[tuple[int, int], float]],
     ) -> bool:
         """A worker took the job but never marked it active: true once it has stayed so for
-        UNCLAIMED_GRACE_SECONDS (a live worker marks it within a round trip)."""
+        UNCLAIMED_GRACE_SECONDS (a live worker marks it at its first heartbeat, a second in,
+        unless the job has ended before)."""
         looks = (job.attempts, job.touched)
         seen = self._unclaimed.get(job_id)
         first_seen = seen[1] if seen is not None and seen[0] == looks else time.monotonic()
@@ -340,8 +342,7 @@ class TaskQueue(RedisQueue):
             # an attempt all the same, or a job that kills its worker at once would go round
             # the workers for ever.
             aborting.attempts += 1
-        keys = [job.id, job.abort_id, self.namespace("queued"), self.namespace("incomplete")]
-        keys.append(self.namespace("active"))
+        keys = [job.id, job.abort_id, self._queued, self._incomplete, self._active]
         args: list[Any] = [seen, self.serialize(aborting), ABORT_MARKER_SECONDS, aborting.error]
         if not await self._abort_if_unchanged(keys=keys, args=[*args, aborting.status]):
             return False
@@ -384,14 +385,13 @@ class TaskQueue(RedisQueue):
         else:
             new = dataclasses.replace(job, status=Status.ABORTED, completed=now())
             args = [seen, self.serialize(new), "end", 0, "0", job.ttl]
-        keys = [job.id, self.namespace("queued"), self.namespace("incomplete")]
-        keys.append(self.namespace("active"))
+        keys = [job.id, self._queued, self._incomplete, self._active]
         return bool(await self._replace_if_unchanged(keys=keys, args=[*args, new.status]))
 
     async def _forget(self, job_id: bytes) -> None:
         """A job in the active list with no record: drop it from the lists, as SAQ does."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.namespace("active"), 0, job_id.decode())
-            pipe.zrem(self.namespace("incomplete"), job_id)
+            pipe.lrem(self._active, 0, job_id.decode())
+            pipe.zrem(self._incomplete, job_id)
             await pipe.execute()
         log.info("Sweeping missing job %s", job_id)

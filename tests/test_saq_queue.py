@@ -96,6 +96,12 @@ async def notices(queue: TaskQueue, job: Job) -> AsyncIterator[PubSub]:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+async def blocked_at_redis(queue: TaskQueue) -> int:
+    """How many clients Redis holds in a blocking command (a worker waiting for a job)."""
+    info = await queue.redis.info("clients")
+    return int(info["blocked_clients"])
+
+
 async def in_list(queue: TaskQueue, name: str, job: Job) -> bool:
     return job.id.encode() in await queue.redis.lrange(queue.namespace(name), 0, -1)
 
@@ -127,8 +133,11 @@ async def test_a_worker_takes_a_job_waiting_or_one_enqueued_while_it_waits(
     # A worker that has taken nothing yet looks for a waiting job first; one that found its
     # queue empty last time waits for the next job at once. Either way, it gets it.
     for worker in (TaskQueue(queue.redis, name=queue.name), queue):
+        blocked = await blocked_at_redis(queue)
         later = asyncio.create_task(worker.dequeue())
-        await asyncio.sleep(0.05)  # the worker is blocked on the empty queue
+        async with asyncio.timeout(5):  # until the worker waits on the empty queue
+            while await blocked_at_redis(queue) == blocked:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.01)
         assert not later.done()
         enqueued = await queue.enqueue(Job("run_task", queue=queue))
         assert enqueued is not None
