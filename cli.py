@@ -81,7 +81,11 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
     time in socket round trips, which uvloop's C event loop and transports make cheaper; on the
     2-core machine the benchmarks ran on, the difference was within run-to-run variation."""
     import asyncio
+    import gc
 
+    # What is loaded by now (the modules, their classes and constants) lives as long as the
+    # process: out of the collector's way, a full collection no longer walks it every time.
+    gc.freeze()
     try:
         import uvloop
     except ImportError:

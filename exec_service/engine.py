@@ -181,15 +181,16 @@ class Runner:
                 ],
                 task=run,
             )
+            # Not asyncio.wait_for: on Python 3.11 that starts a task for every attempt.
+            deadline = asyncio.timeout(run.timeout_seconds)
             try:
-                output = _check_output(
-                    await asyncio.wait_for(
-                        self.engine.executor.run(self._request(run, attempt)),
-                        run.timeout_seconds,
-                    )
-                )
-            except TimeoutError:
-                error = f"timed out after {run.timeout_seconds:g}s"
+                async with deadline:
+                    output = await self.engine.executor.run(self._request(run, attempt))
+                output = _check_output(output)
+            except TimeoutError as exc:
+                # The task's own timeout, or a TimeoutError the action raised itself.
+                expired = deadline.expired() and run.timeout_seconds is not None
+                error = f"timed out after {run.timeout_seconds:g}s" if expired else describe(exc)
             except asyncio.CancelledError:
                 raise
             except TaskInterrupted as exc:

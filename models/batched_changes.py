@@ -39,6 +39,11 @@ EXECUTION_COLUMNS = {"status": "text", "completed_at": "timestamptz", "error": "
 # Changes in one statement at most. Past a few hundred a batch saves little more, and every
 # execution in it waits for the whole statement (its rows stay locked until it ends).
 MAX_BATCH = 250
+# Sends in flight at most; changes asked for meanwhile wait for one to end and go together.
+# Under load this is what makes the batches: a flush per turn of the loop sent a statement of
+# two or three changes each time, and each statement costs PostgreSQL and asyncpg far more
+# than a row in it. Two, not one: the next batch is built while the last one's answer travels.
+MAX_IN_FLIGHT = 2
 
 
 def _statement() -> str:
@@ -165,6 +170,7 @@ class ChangeBatcher:
         self._connection = connection
         self._waiting: list[Change] = []
         self._sending: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+        self._flush_due = False
 
     async def apply(
         self,
@@ -183,18 +189,27 @@ class ChangeBatcher:
             raise ValueError(f"not a column a state change may set: {sorted(unknown)}")
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[int | None] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._flush)
         self._waiting.append(
             Change(execution_id, owner, run_id, expected, run_values, execution_values, answer)
         )
+        self._flush_soon()
         return await answer
 
+    def _flush_soon(self) -> None:
+        if self._waiting and not self._flush_due and len(self._sending) < MAX_IN_FLIGHT:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_due = False
         waiting, self._waiting = self._waiting, []
         task = asyncio.create_task(self._send_all(_batches(waiting)))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._flush_soon()
 
     async def _send_all(self, rounds: list[list[list[Change]]]) -> None:
         # Round by round: a round holds a later change of an execution that an earlier round

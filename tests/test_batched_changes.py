@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from models import executions as store
-from models.batched_changes import ChangeBatcher
+from models.batched_changes import MAX_IN_FLIGHT, ChangeBatcher
 from models.executions import RunChange, now
 from models.statuses import COMPLETED, IN_PROGRESS, PENDING, RUNNING
 from models.tables import Execution, TaskRun
@@ -84,6 +84,45 @@ async def test_changes_asked_together_share_a_statement_but_are_fenced_each(
     execution, _ = await state(d)
     assert (execution.version, execution.status) == (2, COMPLETED)
     assert execution.completed_at is not None
+
+
+async def test_changes_asked_while_sends_are_under_way_wait_and_go_together(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await make_executions(client, MAX_IN_FLIGHT + 3)
+    sizes: list[int] = []
+    gate, entered = asyncio.Event(), asyncio.Event()
+    send = ChangeBatcher._send
+
+    async def held(self: ChangeBatcher, batch: list[Any]) -> None:
+        sizes.append(len(batch))
+        entered.set()
+        if len(sizes) <= MAX_IN_FLIGHT:
+            await gate.wait()  # the first sends stay under way until the test lets them go
+        await send(self, batch)
+
+    monkeypatch.setattr(ChangeBatcher, "_send", held)
+    start = {"status": RUNNING, "attempts": 1, "started_at": now()}
+
+    def change(execution_id: int, run_id: int) -> asyncio.Task[int | None]:
+        return asyncio.create_task(
+            store.apply_change(execution_id, OWNER, [RunChange(run_id, (PENDING,), start)])
+        )
+
+    first = []
+    for execution_id, run_id in made[:MAX_IN_FLIGHT]:
+        entered.clear()
+        first.append(change(execution_id, run_id))
+        await asyncio.wait_for(entered.wait(), 5)  # its send is under way before the next
+    later = []
+    for execution_id, run_id in made[MAX_IN_FLIGHT:]:
+        later.append(change(execution_id, run_id))
+        for _ in range(10):  # turns of the loop in which its send could start, and does not
+            await asyncio.sleep(0)
+    assert sizes == [1] * MAX_IN_FLIGHT
+    gate.set()
+    assert await asyncio.gather(*first, *later) == [2] * len(made)
+    assert sizes == [1] * MAX_IN_FLIGHT + [3]
 
 
 async def test_a_change_the_database_refuses_fails_alone(

@@ -322,6 +322,36 @@ async def test_an_aborted_job_is_not_enqueued(queue: TaskQueue) -> None:
     assert await queue.redis.lrange(queue.namespace("queued"), 0, -1) == []
 
 
+async def test_jobs_enqueued_in_one_turn_go_in_one_call_and_each_is_checked(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    enqueue_many = queue._enqueue_many
+
+    async def counting(*, keys: list[str], args: list[Any], client: Any) -> Any:
+        calls.append(len(args) // 2)
+        return await enqueue_many(keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(queue, "_enqueue_many", counting)
+    waiting = Job("run_task", queue=queue, key="waiting")
+    assert await queue.enqueue(waiting) is not None
+    aborted = Job("run_task", queue=queue, key="aborted")
+    await queue.abort(aborted, "cancelled by the engine")
+    fresh = [Job("run_task", queue=queue, key=f"fresh-{n}") for n in range(3)]
+    again = Job("run_task", queue=queue, key="waiting")  # already waiting: not a second time
+    answers = await asyncio.gather(
+        queue.enqueue(fresh[0]), queue.enqueue(aborted), queue.enqueue(fresh[1]),
+        queue.enqueue(again), queue.enqueue(fresh[2]),
+    )  # fmt: skip
+    assert [answer is not None for answer in answers] == [True, False, True, False, True]
+    assert calls == [1, 5]
+    queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
+    assert queued == [job.id.encode() for job in (waiting, *fresh)]  # in the order asked
+    for job in fresh:
+        assert (await stored(queue, job)).status == Status.QUEUED
+    assert (await stored(queue, aborted)).status != Status.QUEUED
+
+
 async def test_a_sweep_acting_on_an_old_snapshot_changes_nothing(queue: TaskQueue) -> None:
     """A sweep decides from a snapshot, then acts seconds later (it waits on earlier jobs). A
     job whose (slow, not dead) worker completed it meanwhile keeps its answer."""
