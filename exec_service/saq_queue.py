@@ -32,7 +32,9 @@ lasts one abort wait, not one per job.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import time
@@ -44,6 +46,9 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 log = logging.getLogger(__name__)
+# Set in a worker's job slot (TaskWorker.process): the one place that asks for a job again as
+# soon as it has finished one, so the only place where taking the next job ahead pays.
+IN_JOB_SLOT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_job_slot", default=False)
 enqueue_log = logging.getLogger("saq")  # where SAQ notes each job it enqueues
 
 # How long a job may sit in the active list still marked queued before it counts as lost.
@@ -132,6 +137,40 @@ return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
 """
 
 
+# SAQ's end of a job (out of the active list and incomplete, its record kept for its lifetime,
+# the notice of its end) and, if ARGV[4] is '1', the next waiting job taken as _TAKE takes it,
+# in the same call. KEYS: the job's id, active, incomplete, queued. ARGV: the record, its
+# lifetime (0: for good, -1: delete it), the status to announce, '1' to take the next job.
+# Answers nil when not asked to take, an empty list when none was waiting.
+_FINISH_AND_TAKE = """
+redis.call('LREM', KEYS[2], 1, KEYS[1])
+redis.call('ZREM', KEYS[3], KEYS[1])
+local ttl = tonumber(ARGV[2])
+if ttl > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+elseif ttl == 0 then
+    redis.call('SET', KEYS[1], ARGV[1])
+else
+    redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[3])
+if ARGV[4] ~= '1' then return false end
+local job_id = redis.call('LMOVE', KEYS[4], KEYS[2], 'LEFT', 'RIGHT')
+if not job_id then return {} end
+return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[4])}
+"""
+
+# A job taken ahead by a worker that is stopping goes back to the head of the queue, if its
+# record is still the one taken (one the engine aborted meanwhile stays out). KEYS: the job's
+# id, active, queued. ARGV: the record taken.
+_GIVE_BACK = """
+redis.call('LREM', KEYS[2], 1, KEYS[1])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('LPUSH', KEYS[3], KEYS[1])
+return 1
+"""
+
+
 def _if_still_ours(first: int, write: str) -> str:
     """A script that does `write` only if the job's record (KEYS[1]) is still one this worker
     read or wrote: one of ARGV[first], ARGV[first + 1], ... It answers 1 if it wrote."""
@@ -198,6 +237,12 @@ class TaskQueue(RedisQueue):
         # Whether jobs were left waiting when this process last took one.
         self._backlog = True
         self._enqueue_many = self.redis.register_script(_ENQUEUE_MANY)
+        self._finish_and_take = self.redis.register_script(_FINISH_AND_TAKE)
+        self._give_back = self.redis.register_script(_GIVE_BACK)
+        # Jobs taken ahead as the last one finished (id, record), and whether to take them: a
+        # worker turns it on while it runs (TaskWorker); an engine's queue never takes jobs.
+        self._taken_ahead: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self.take_ahead = False
         # Jobs to enqueue at the end of this turn of the loop, and the calls under way.
         self._to_enqueue: list[tuple[Job, asyncio.Future[bool]]] = []
         self._enqueuing: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
@@ -260,6 +305,11 @@ class TaskQueue(RedisQueue):
 
         Whether jobs are waiting is known from the last job taken (either way answers how many
         are left): a worker keeps up with its queue, or it falls behind, for a while."""
+        while self._taken_ahead:
+            _, ahead = self._taken_ahead.popleft()
+            job = self.deserialize(ahead)
+            if job is not None:  # (a job with no record is the sweep's to drop)
+                return job
         if await self.version() < (6, 2, 0):
             return await super().dequeue(timeout, poll_interval)
         taken = None
@@ -338,19 +388,37 @@ class TaskQueue(RedisQueue):
         result: object = None,
         error: str | None = None,
     ) -> None:
-        """SAQ's, with the notice in the transaction: one round trip instead of two."""
+        """SAQ's, with the notice in the same call: one round trip instead of two. And in a
+        worker's job slot, while jobs are waiting, the slot's next job is taken in that call
+        too (its next `dequeue` answers it without asking Redis): under load, one round trip
+        per job instead of two."""
         self._claims.pop(job.id, None)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self._active, 1, job.id)
-            pipe.zrem(self._incomplete, job.id)
-            if job.ttl > 0:
-                pipe.setex(job.id, job.ttl, self.serialize(job))
-            elif job.ttl == 0:
-                pipe.set(job.id, self.serialize(job))
-            else:
-                pipe.delete(job.id)
-            pipe.publish(job.id, job.status)
-            await pipe.execute()
+        take = (
+            self.take_ahead
+            and self._backlog
+            and IN_JOB_SLOT.get()
+            and await self.version() >= (6, 2, 0)
+        )
+        lifetime = job.ttl if job.ttl >= 0 else -1
+        keys = [job.id, self._active, self._incomplete, self._queued]
+        args = [self.serialize(job), lifetime, job.status, "1" if take else "0"]
+        taken = await self._finish_and_take(keys=keys, args=args)
+        if taken:
+            job_id, record, left = taken
+            self._backlog = left > 0
+            self._taken_ahead.append((job_id, record))
+            self._claims[job_id.decode()] = _Claim([record])
+        elif take:
+            self._backlog = False
+
+    async def give_back(self) -> None:
+        """Put the jobs taken ahead back at the head of the queue (the worker is stopping)."""
+        while self._taken_ahead:
+            job_id, record = self._taken_ahead.pop()  # the last first: each goes to the head
+            self._claims.pop(job_id.decode(), None)
+            keys: list[bytes | str] = [job_id, self._active, self._queued]
+            if not await self._give_back(keys=keys, args=[record]):
+                log.info("job %s changed while taken ahead (aborted): not given back", job_id)
 
     async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
         id_jobs = await self._candidates(

@@ -21,7 +21,7 @@ from saq.types import Context, PartialTimersDict
 from exec_service import actions
 from exec_service.actions.builtin import describe
 from exec_service.redis_client import redis_client
-from exec_service.saq_queue import TaskQueue
+from exec_service.saq_queue import IN_JOB_SLOT, TaskQueue
 from exec_service.types import TaskRequest
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,35 @@ def make_queue(redis_url: str, prefix: str) -> TaskQueue:
     return TaskQueue(redis, name=queue_name(prefix))
 
 
-class EmbeddedWorker(Worker[Context]):
+class TaskWorker(Worker[Context]):
+    """SAQ's worker, whose job slots take their next job as they finish one (see
+    TaskQueue._finish), and which gives back the jobs so taken when it stops."""
+
+    async def start(self) -> None:
+        if isinstance(self.queue, TaskQueue):
+            self.queue.take_ahead = True
+        await super().start()
+
+    async def process(self) -> bool:
+        IN_JOB_SLOT.set(True)  # this slot's task only: each runs in a context of its own
+        return await super().process()
+
+    async def stop(self) -> None:
+        if isinstance(self.queue, TaskQueue):
+            self.queue.take_ahead = False
+        await super().stop()
+        if isinstance(self.queue, TaskQueue):
+            await self.queue.give_back()
+
+
+class EmbeddedWorker(TaskWorker):
     """A worker inside another server's process: the server owns the signals."""
 
     SIGNALS: list[signal.Signals] = []
 
 
 def make_worker(queue: Queue, concurrency: int, embedded: bool = False) -> Worker[Context]:
-    kind = EmbeddedWorker if embedded else Worker[Context]
+    kind = EmbeddedWorker if embedded else TaskWorker
     return kind(
         queue,
         functions=[(JOB_FUNCTION, run_task)],

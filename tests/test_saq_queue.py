@@ -20,7 +20,7 @@ from saq.job import Status
 from saq.utils import now
 
 from exec_service import saq_queue as sweeping
-from exec_service.saq_queue import TaskQueue
+from exec_service.saq_queue import IN_JOB_SLOT, TaskQueue
 from tests.services import saq_queue
 
 ABORT_WAIT = 0.3  # how long a sweep waits for a live worker to answer its abort
@@ -145,6 +145,83 @@ async def test_a_worker_takes_a_job_waiting_or_one_enqueued_while_it_waits(
         assert job is not None
         assert (job.key, job.status) == (enqueued.key, Status.QUEUED)
         assert await in_list(queue, "active", job)
+
+
+async def enqueued(queue: TaskQueue, *keys: str) -> list[Job]:
+    jobs = [Job("run_task", queue=queue, key=key, heartbeat=5, retries=3) for key in keys]
+    for job in jobs:
+        assert await queue.enqueue(job) is not None
+    return jobs
+
+
+async def finish_in_a_job_slot(queue: TaskQueue, job: Job) -> None:
+    """Finish `job` as a worker's job slot does (TaskWorker.process)."""
+
+    async def slot() -> None:
+        IN_JOB_SLOT.set(True)
+        await queue.finish(job, Status.COMPLETE, result={"ok": True, "output": {}})
+
+    await asyncio.create_task(slot())
+
+
+async def test_a_job_slot_finishing_a_job_takes_the_next_in_the_same_call(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue.take_ahead = True  # as a running worker has it
+    first, second = await enqueued(queue, "first", "second")
+    job = await queue.dequeue()
+    assert job is not None
+    assert job.key == first.key
+    await finish_in_a_job_slot(queue, job)
+    assert (await stored(queue, first)).status == Status.COMPLETE
+    assert await in_list(queue, "active", second)  # taken, and the sweep leaves it alone
+    assert not await in_list(queue, "queued", second)
+    assert await sweep(queue) == []
+
+    async def no_round_trip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("dequeue asked Redis for a job it already had")
+
+    monkeypatch.setattr(queue, "_take", no_round_trip)
+    monkeypatch.setattr(queue.redis, "blmove", no_round_trip)
+    job = await queue.dequeue()
+    assert job is not None
+    assert job.key == second.key
+
+
+async def test_a_job_finished_outside_a_job_slot_takes_nothing(queue: TaskQueue) -> None:
+    """An engine's abort, or SAQ's abort timer, finishes jobs too: their next job would wait
+    for a slot to come by, so they leave it in the queue."""
+    queue.take_ahead = True
+    _, second = await enqueued(queue, "first", "second")
+    job = await queue.dequeue()
+    assert job is not None
+    await queue.finish(job, Status.ABORTED, error="cancelled by the engine")
+    assert await in_list(queue, "queued", second)
+    assert not await in_list(queue, "active", second)
+
+
+async def test_a_stopping_worker_gives_back_the_jobs_it_took_ahead(queue: TaskQueue) -> None:
+    queue.take_ahead = True
+    _, _, c, d, e = await enqueued(queue, "a", "b", "c", "d", "e")
+    running = [await queue.dequeue(), await queue.dequeue()]  # a and b
+    for job in running:
+        assert job is not None
+        await finish_in_a_job_slot(queue, job)  # takes c, then d
+    assert [await in_list(queue, "active", job) for job in (c, d, e)] == [True, True, False]
+    # The engine aborts d (its task was cancelled) before the worker got to it.
+    aborted = await stored(queue, d)
+    await queue.abort(aborted, "cancelled by the engine")
+    queue.take_ahead = False
+    await queue.give_back()
+    queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
+    assert queued == [c.id.encode(), e.id.encode()]  # c back at the head, before e
+    assert await queue.redis.lrange(queue.namespace("active"), 0, -1) == []
+    assert (await stored(queue, c)).status == Status.QUEUED
+    assert (await stored(queue, d)).status != Status.QUEUED
+    # c runs next, on whichever worker.
+    job = await TaskQueue(queue.redis, name=queue.name).dequeue()
+    assert job is not None
+    assert job.key == c.key
 
 
 async def test_a_heartbeat_does_not_overwrite_an_abort(queue: TaskQueue) -> None:
