@@ -32,6 +32,20 @@ EXECUTION_BACKENDS = [*BACKENDS, "postgres-redis-saq", "postgres-redis-ray"]
 FAST: dict[str, Any] = {"retry_base_seconds": 0.05, "lease_seconds": 5.0}
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the session's Ray before any test runs, if one will need it. Started late in a
+    full run (this process already running gRPC servers and their threads, which Ray forks
+    with a `preexec_fn`), one start here failed whole: three tries, and no raylet ever came
+    up, not even to write its log. Started first, nothing else in the process is running."""
+    if any(
+        item.path.name == "test_ray_executor.py" or "postgres-redis-ray" in item.nodeid
+        for item in session.items
+    ):
+        from tests.ray_cluster import ensure_ray
+
+        ensure_ray()
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str

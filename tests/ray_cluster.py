@@ -11,7 +11,7 @@ import threading
 import ray
 
 NUM_CPUS = 2
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
 
 
 def ensure_ray() -> None:
@@ -22,8 +22,9 @@ def ensure_ray() -> None:
     os.environ.pop("RAY_ADDRESS", None)
     # Ray gives its GCS server 30 s to bind a port, then fails the start. On this shared
     # 2-core machine one CI run saw it miss that with nothing in its logs; give it longer, and
-    # one more try from scratch. Another start (a fresh clone's first) never saw its raylet
-    # come up: that one Ray reports as a plain Exception, and a second try is as good.
+    # more tries from scratch. Other starts never saw their raylet come up: that one Ray
+    # reports as a plain Exception, and another try is as good (see also conftest.py, which
+    # starts Ray before any test runs).
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "90")
     previous = signal.getsignal(signal.SIGTERM)
     for attempt in range(START_ATTEMPTS):
