@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any, Final, Protocol
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any, Final, Protocol, TypeAlias
 
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
@@ -23,6 +23,10 @@ from exec_service.redis_client import redis_client
 log = logging.getLogger(__name__)
 
 RESYNC: Final = b""  # never a real payload: every announcement is a non-empty JSON object
+# What a subscriber gets: an announcement as JSON; or, when it was published in this process
+# with the announcement itself, that object, shared by every watcher here and not to be
+# changed (it saves encoding and decoding on the way, twice a task for each watcher).
+Payload: TypeAlias = bytes | Mapping[str, Any]
 QUEUE_SIZE = 256  # announcements a subscriber may fall behind before it must re-read
 CONTROL_CHANNEL = "control"  # engine-to-engine notices (cancel requests)
 REDIS_CHANNEL = "events:{channel}"  # below the configured key prefix
@@ -44,9 +48,9 @@ def execution_channel(execution_id: int) -> str:
 
 class Subscription:
     def __init__(self, maxsize: int = QUEUE_SIZE) -> None:
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[Payload] = asyncio.Queue(maxsize)
 
-    def deliver(self, payload: bytes) -> None:
+    def deliver(self, payload: Payload) -> None:
         try:
             self._queue.put_nowait(payload)
         except asyncio.QueueFull:
@@ -54,7 +58,7 @@ class Subscription:
                 self._queue.get_nowait()
             self._queue.put_nowait(RESYNC)
 
-    async def get(self, within: float | None = None) -> bytes | None:
+    async def get(self, within: float | None = None) -> Payload | None:
         """The next payload (RESYNC after an overflow), or None after `within` seconds."""
         if not self._queue.empty():
             return self._queue.get_nowait()
@@ -70,7 +74,9 @@ class EventBus(Protocol):
     name: str
 
     async def start(self) -> None: ...
-    async def publish(self, channel: str, payload: bytes) -> None: ...
+    async def publish(
+        self, channel: str, payload: bytes, announcement: Mapping[str, Any] | None = None
+    ) -> None: ...
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]: ...
     def claim(self, channel: str) -> None: ...
     def release(self, channel: str, *, ended: bool) -> None: ...
@@ -96,7 +102,7 @@ class _LocalFanout:
             if not subscribers:
                 self.channels.pop(channel, None)
 
-    def deliver(self, channel: str, payload: bytes) -> None:
+    def deliver(self, channel: str, payload: Payload) -> None:
         for subscription in tuple(self.channels.get(channel, ())):
             subscription.deliver(payload)
 
@@ -119,8 +125,10 @@ class MemoryBus:
     async def start(self) -> None:
         return None
 
-    async def publish(self, channel: str, payload: bytes) -> None:
-        self._fanout.deliver(channel, payload)
+    async def publish(
+        self, channel: str, payload: bytes, announcement: Mapping[str, Any] | None = None
+    ) -> None:
+        self._fanout.deliver(channel, payload if announcement is None else announcement)
 
     def subscribe(self, channel: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         return self._fanout.subscribe(channel)
@@ -294,11 +302,14 @@ class RedisBus:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def publish(self, channel: str, payload: bytes) -> None:
+    async def publish(
+        self, channel: str, payload: bytes, announcement: Mapping[str, Any] | None = None
+    ) -> None:
         """Hand the announcement to this process's watchers (unless it comes back to them from
-        Redis), and queue it for Redis; a single sender pipelines them to Redis in order."""
+        Redis), and queue it for Redis; a single sender pipelines them to Redis in order.
+        `announcement` is `payload` decoded, if the caller has it: watchers here get that."""
         if channel not in self._listening:
-            self._fanout.deliver(channel, payload)
+            self._fanout.deliver(channel, payload if announcement is None else announcement)
         try:
             self._outbox.put_nowait((channel, payload))
         except asyncio.QueueFull:

@@ -285,13 +285,14 @@ class Runner:
                 "task_id": task.task_id if task is not None else None,
                 "task_status": task.status if task is not None else None,
                 "at": iso(now()) or "",
-                "execution": self._snapshot(),
+                "execution": self.snapshot(),
             }
             payload = orjson.dumps(event)
-        await self.engine.bus.publish(execution_channel(self.execution.id), payload)
+        await self.engine.bus.publish(execution_channel(self.execution.id), payload, event)
 
-    def _snapshot(self) -> dict[str, Any]:
-        """store.execution_dict, from the runs' dicts kept since their last change."""
+    def snapshot(self) -> dict[str, Any]:
+        """store.execution_dict as of the last commit, from the runs' dicts kept since their
+        last change."""
         snapshot = store.execution_dict(self.execution, ())
         snapshot["tasks"] = [self._run_dicts[run.id] for run in self.runs]
         return snapshot
@@ -308,6 +309,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.owner = owner_id()
         self.runners: dict[int, asyncio.Task[bool]] = {}
+        self._live: dict[int, Runner] = {}  # the runners of `runners` that have started
         self._spawned_at: dict[int, float] = {}
         self._commits: set[asyncio.Future[None]] = set()
         self._background: list[asyncio.Task[None]] = []
@@ -360,6 +362,14 @@ class Engine:
             return snapshot
         return await store.get_execution(execution_id)
 
+    def current(self, execution_id: int) -> dict[str, Any] | None:
+        """The execution as its runner here last committed it, if it runs here: what a read of
+        the database would answer, without the read. (Should another engine have taken it over
+        meanwhile, it is the state as this one left it; the watchers here re-read once this
+        runner stops, see RedisBus.release.)"""
+        runner = self._live.get(execution_id)
+        return runner.snapshot() if runner is not None else None
+
     def track(self, commit: asyncio.Future[None]) -> None:
         self._commits.add(commit)
         commit.add_done_callback(self._commits.discard)
@@ -406,7 +416,12 @@ class Engine:
             execution, runs = loaded
             if execution.lease_owner != self.owner:
                 return False
-            await Runner(self, execution, runs).run()
+            runner = self._live[execution_id] = Runner(self, execution, runs)
+            try:
+                await runner.run()
+            finally:
+                if self._live.get(execution_id) is runner:
+                    del self._live[execution_id]
             return True
         except Fenced:
             log.info("execution %s moved on without us (cancelled or taken over)", execution_id)
@@ -446,7 +461,7 @@ class Engine:
             self._control_ready.set()
             while True:
                 payload = await subscription.get()
-                if not payload or payload == RESYNC:
-                    continue
+                if not isinstance(payload, bytes) or payload == RESYNC:
+                    continue  # (cancel requests are published as JSON, never as objects)
                 with contextlib.suppress(ValueError, KeyError, TypeError):
                     self._stop_runner(int(json.loads(payload)["cancel"]))

@@ -50,7 +50,7 @@ class TaskStatuses:
 
     def __call__(self, run: Mapping[str, Any]) -> pb.TaskStatus:
         built = self._built.get(run["task_id"])
-        if built is not None and built[0] == run:
+        if built is not None and (built[0] is run or built[0] == run):
             return built[1]
         entry = task_status(run)
         self._built[run["task_id"]] = (run, entry)
@@ -140,7 +140,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
         try:
             execution_id = _positive(request.execution_id, "execution_id")
             entries = TaskStatuses()
-            async for update in watch(self.bus, execution_id):
+            async for update in watch(self.bus, execution_id, local=self.engine.current):
                 yield status_response(update.execution, entries)
         except WorkflowError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)

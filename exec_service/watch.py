@@ -11,13 +11,13 @@ changes that the bus is still delivering.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from exec_service.bus import RESYNC, EventBus, Subscription, execution_channel
+from exec_service.bus import RESYNC, EventBus, Payload, Subscription, execution_channel
 from models import executions as store
 
 # How long a watcher trusts a quiet bus before it re-reads the database.
@@ -28,13 +28,21 @@ CATCH_UP_SECONDS = 0.25
 
 @dataclass(frozen=True)
 class Update:
-    execution: dict[str, Any]
+    execution: Mapping[str, Any]
     task_id: int | None = None
     task_status: str | None = None
 
 
-def _update(event: dict[str, Any]) -> Update:
+def _update(event: Mapping[str, Any]) -> Update:
     return Update(event["execution"], event.get("task_id"), event.get("task_status"))
+
+
+def _event(payload: Payload) -> Mapping[str, Any]:
+    """An announcement, decoded unless it came from a publisher in this process."""
+    if isinstance(payload, bytes):
+        event: Mapping[str, Any] = orjson.loads(payload)
+        return event
+    return payload
 
 
 async def _catch_up(subscription: Subscription, version: int, target: int) -> AsyncIterator[Update]:
@@ -45,18 +53,25 @@ async def _catch_up(subscription: Subscription, version: int, target: int) -> As
         payload = await subscription.get(within=max(0.0, deadline - loop.time()))
         if payload is None or payload == RESYNC:
             return
-        event = orjson.loads(payload)
+        event = _event(payload)
         if event["version"] > version:
             version = event["version"]
             yield _update(event)
 
 
 async def watch(
-    bus: EventBus, execution_id: int, quiet_seconds: float = QUIET_RESYNC_SECONDS
+    bus: EventBus,
+    execution_id: int,
+    quiet_seconds: float = QUIET_RESYNC_SECONDS,
+    local: Callable[[int], Mapping[str, Any] | None] | None = None,
 ) -> AsyncIterator[Update]:
-    """Raises NotFound before yielding anything when there is no such execution."""
+    """Raises NotFound before yielding anything when there is no such execution. `local`
+    answers the execution's current state when it runs in this process (Engine.current): it
+    is read after subscribing, as the database would be, and saves that read."""
     async with bus.subscribe(execution_channel(execution_id)) as subscription:
-        current = await store.get_execution(execution_id)
+        current = local(execution_id) if local is not None else None
+        if current is None:
+            current = await store.get_execution(execution_id)
         yield Update(current)
         while not store.is_terminal(current["status"]):
             payload = await subscription.get(within=quiet_seconds)
@@ -74,7 +89,7 @@ async def watch(
                     current = fresh
                     yield Update(current)
                 continue
-            event = orjson.loads(payload)
+            event = _event(payload)
             if event["version"] <= current["version"]:
                 continue
             current = event["execution"]

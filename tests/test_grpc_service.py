@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import httpx
 import pytest
 from fastapi import FastAPI
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from models import executions
 from protos import execution_pb2
 from tests.live_server import REPO
 
@@ -171,3 +173,31 @@ def test_a_watch_rebuilds_only_the_task_entries_that_changed() -> None:
     assert message == status_response(second)
     assert (message.tasks[0].status, message.tasks[0].output_json) == ("completed", '{"n": 1}')
     assert message.tasks[1].status == "pending"
+
+
+async def test_watching_an_execution_that_runs_here_starts_without_reading_it(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    read = executions.get_execution
+
+    async def counted(execution_id: int) -> dict[str, Any]:
+        reads.append(execution_id)
+        return await read(execution_id)
+
+    monkeypatch.setattr(executions, "get_execution", counted)
+    body = {"name": "slow", "tasks": [{"name": "wait", "order": 1, "parameters": {"duration": 1}}]}
+    workflow = (await client.post("/workflows/", json=body)).json()
+    started = await stub.ExecuteWorkflow(
+        execution_pb2.ExecuteWorkflowRequest(workflow_id=workflow["id"])
+    )
+    request = execution_pb2.GetWorkflowStatusRequest(execution_id=started.execution_id)
+    messages = [message async for message in stub.WatchExecution(request)]
+    assert reads == []  # its runner here had the state; the database was not asked
+    seen = [(message.status, message.tasks[0].status) for message in messages]
+    assert ("in_progress", "running") in seen  # the first message, or one soon after
+    assert seen[-2:] == [("in_progress", "completed"), ("completed", "completed")]
+    # An execution that does not run here (it ended) is read from the database.
+    messages = [message async for message in stub.WatchExecution(request)]
+    assert reads == [started.execution_id]
+    assert [message.status for message in messages] == ["completed"]

@@ -51,6 +51,18 @@ async def test_a_process_hears_its_own_executions_without_redis(
     assert await subscribers_at_redis(here, CHANNEL) == 0  # the last watcher left
 
 
+async def test_watchers_here_get_the_announcement_itself_and_elsewhere_as_json(
+    buses: tuple[RedisBus, RedisBus],
+) -> None:
+    here, there = buses
+    here.claim(CHANNEL)
+    announcement = {"version": 2}
+    async with here.subscribe(CHANNEL) as mine, there.subscribe(CHANNEL) as theirs:
+        await here.publish(CHANNEL, b'{"version": 2}', announcement)
+        assert await mine.get(within=5) is announcement  # not encoded and decoded
+        assert await theirs.get(within=5) == b'{"version": 2}'
+
+
 async def test_when_the_runner_goes_its_watchers_hear_the_next_owner(
     buses: tuple[RedisBus, RedisBus],
 ) -> None:
