@@ -90,13 +90,17 @@ def stages(runs: Sequence[TaskRun]) -> list[list[TaskRun]]:
 
 
 def _check_output(output: Any) -> dict[str, Any]:
+    """The output as JSON holds it (what the database stores and every reader sees: keys as
+    text, tuples as lists), or an error for what JSON cannot hold."""
     if not isinstance(output, dict):
         raise TypeError(f"the action returned {type(output).__name__}, not a JSON object")
     # Raises on what JSON cannot hold (NaN, odd keys) and on text that is not UTF-8.
-    size = len(json.dumps(output, allow_nan=False, ensure_ascii=False).encode())
+    text = json.dumps(output, allow_nan=False, ensure_ascii=False)
+    size = len(text.encode())
     if size > MAX_OUTPUT_BYTES:
         raise ValueError(f"the action's output is {size} bytes; the limit is {MAX_OUTPUT_BYTES}")
-    return output
+    stored: dict[str, Any] = json.loads(text)
+    return stored
 
 
 class Runner:
@@ -402,6 +406,9 @@ class Engine:
         task.add_done_callback(forget)
 
     def _stop_runner(self, execution_id: int) -> None:
+        # From now on its state is not the execution's (cancelled, ended, or no longer ours):
+        # watchers that start meanwhile read the database.
+        self._live.pop(execution_id, None)
         task = self.runners.get(execution_id)
         if task is not None:
             task.cancel()

@@ -127,6 +127,10 @@ return added
 """
 # Jobs in one enqueue call at most: a script holds Redis up while it runs.
 ENQUEUE_BATCH = 200
+# How long one enqueue call may take, redis-py's retries included. An enqueue that lands after
+# its caller gave up is refused by the abort marker the caller left, which must outlive this
+# (saq_executor.ABORT_MARKER_SECONDS); past it, the call is given up and never retried.
+ENQUEUE_SECONDS = 20.0
 
 # Take the next queued job into the active list and read its record, in one round trip (SAQ
 # takes two); also answer how many jobs are left waiting. KEYS: queued, active.
@@ -246,29 +250,52 @@ class TaskQueue(RedisQueue):
         # Jobs to enqueue at the end of this turn of the loop, and the calls under way.
         self._to_enqueue: list[tuple[Job, asyncio.Future[bool]]] = []
         self._enqueuing: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+        # The call under way that carries each waiting job, and the calls withdrawn.
+        self._carriers: dict[asyncio.Future[bool], asyncio.Task[None]] = {}
+        self._withdrawn: set[asyncio.Task[None]] = set()
 
     async def _enqueue(self, job: Job) -> Job | None:
         """SAQ's, except that the jobs enqueued in the same turn of the loop go to Redis in one
         script call: with hundreds of executions in flight, a call per job was a write and a
         read on both sides for every task, and Redis ran its script once per job."""
-        loop = asyncio.get_running_loop()
-        added: asyncio.Future[bool] = loop.create_future()
-        if not self._to_enqueue:
-            loop.call_soon(self._send_enqueues)
-        self._to_enqueue.append((job, added))
-        if not await added:
-            return None
+        added: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._submit([(job, added)])
+        try:
+            if not await added:
+                return None
+        except asyncio.CancelledError:
+            self._withdraw(added)
+            raise
         if enqueue_log.isEnabledFor(logging.INFO):  # SAQ's line, without building it for nothing
             enqueue_log.info("Enqueuing %s", job.info(enqueue_log.isEnabledFor(logging.DEBUG)))
         return job
 
+    def _submit(self, jobs: list[tuple[Job, asyncio.Future[bool]]]) -> None:
+        if not self._to_enqueue:
+            asyncio.get_running_loop().call_soon(self._send_enqueues)
+        self._to_enqueue += jobs
+
     def _send_enqueues(self) -> None:
-        waiting, self._to_enqueue = self._to_enqueue, []
+        # Not the jobs whose caller gave up already (a cancelled task): they are not sent.
+        waiting = [(job, added) for job, added in self._to_enqueue if not added.done()]
+        self._to_enqueue = []
         for start in range(0, len(waiting), ENQUEUE_BATCH):
-            # Its own task: a caller cancelled meanwhile does not take the others' call down.
-            task = asyncio.create_task(self._enqueue_batch(waiting[start : start + ENQUEUE_BATCH]))
+            batch = waiting[start : start + ENQUEUE_BATCH]
+            task = asyncio.create_task(self._enqueue_batch(batch))
+            for _, added in batch:
+                self._carriers[added] = task
             self._enqueuing.add(task)
             task.add_done_callback(self._enqueuing.discard)
+
+    def _withdraw(self, added: asyncio.Future[bool]) -> None:
+        """A caller gave up (its task was cancelled) while its job's call was under way: stop
+        that call, so that none of redis-py's retries lands the job later, after the caller's
+        abort (SaqExecutor.run) looked for it; the call's other jobs go again. One that had
+        landed already is refused the second time, as a job already waiting."""
+        carrier = self._carriers.get(added)
+        if carrier is not None and not carrier.done():
+            self._withdrawn.add(carrier)
+            carrier.cancel()
 
     async def _enqueue_batch(self, batch: list[tuple[Job, asyncio.Future[bool]]]) -> None:
         keys: list[str] = [self._incomplete, self._queued]
@@ -277,9 +304,14 @@ class TaskQueue(RedisQueue):
             keys += [job.id, job.abort_id]
             args += [self.serialize(job), job.scheduled]
         try:
-            async with self._op_sem:
+            async with self._op_sem, asyncio.timeout(ENQUEUE_SECONDS):
                 answers = await self._enqueue_many(keys=keys, args=args, client=self.redis)
         except asyncio.CancelledError:
+            this = asyncio.current_task()
+            if this in self._withdrawn:  # one of its callers gave up: the others go again
+                self._withdrawn.discard(this)
+                self._submit([(job, added) for job, added in batch if not added.done()])
+                return
             for _, added in batch:
                 added.cancel()
             raise
@@ -288,6 +320,10 @@ class TaskQueue(RedisQueue):
                 if not added.done():
                     added.set_exception(exc)
             return
+        finally:
+            for _, added in batch:
+                if self._carriers.get(added) is asyncio.current_task():
+                    del self._carriers[added]
         for (_, added), answer in zip(batch, answers, strict=True):
             if not added.done():
                 added.set_result(bool(answer))
@@ -412,9 +448,14 @@ class TaskQueue(RedisQueue):
             self._backlog = False
 
     async def give_back(self) -> None:
-        """Put the jobs taken ahead back at the head of the queue (the worker is stopping)."""
-        while self._taken_ahead:
-            job_id, record = self._taken_ahead.pop()  # the last first: each goes to the head
+        """Put the jobs taken ahead back at the head of the queue (the worker is stopping).
+
+        A job slot cancelled by the stop while its finish-and-take call was under way may have
+        taken a job whose answer it never read: that one waits for a sweep (10 s)."""
+        # All at once: a second call meanwhile (a stop called twice) finds none to give back.
+        taken, self._taken_ahead = self._taken_ahead, collections.deque()
+        while taken:
+            job_id, record = taken.pop()  # the last first: each goes to the head
             self._claims.pop(job_id.decode(), None)
             keys: list[bytes | str] = [job_id, self._active, self._queued]
             if not await self._give_back(keys=keys, args=[record]):

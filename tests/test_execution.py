@@ -45,11 +45,32 @@ async def odd_text(parameters: dict[str, Any]) -> Any:
     return {"text": "a lone \ud800"}
 
 
+async def times_out_itself(parameters: dict[str, Any]) -> Any:
+    raise TimeoutError("the upstream did not answer")
+
+
+async def odd_keys(parameters: dict[str, Any]) -> Any:
+    return {1: "one", "pair": (1, 2)}
+
+
+async def slow_to_stop(parameters: dict[str, Any]) -> Any:
+    """Takes half a second to wind down when cancelled (closing what it opened)."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.sleep(0.5)
+        raise
+    return {}
+
+
 @pytest.fixture(autouse=True, scope="module")
 def test_actions() -> None:
     # In this process only: not on Ray's workers, which load built-in and installed actions.
     actions.register("bad_answer", bad_answer)
     actions.register("odd_text", odd_text)
+    actions.register("times_out_itself", times_out_itself)
+    actions.register("slow_to_stop", slow_to_stop)
+    actions.register("odd_keys", odd_keys)
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +167,38 @@ async def test_timeouts(client: httpx.AsyncClient, stub: WorkflowExecutionAsyncS
     assert "timed out after 0.2s" in final.tasks[0].error
 
 
+async def test_an_actions_own_timeout_error_is_its_failure_not_the_tasks_timeout(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
+) -> None:
+    if backend.executor == "ray":
+        pytest.skip("times_out_itself is registered in this process only")
+    task = {"name": "t", "order": 1, "action": "times_out_itself", "max_attempts": 1}
+    for limits in ({}, {"timeout_seconds": 30}):  # no timeout of its own, and one not reached
+        final = await run(client, stub, [task | limits])
+        assert final.status == "failed"
+        assert "the upstream did not answer" in final.tasks[0].error
+        assert "timed out after" not in final.tasks[0].error
+
+
+async def test_an_output_is_seen_as_json_holds_it(
+    client: httpx.AsyncClient,
+    stub: WorkflowExecutionAsyncStub,
+    backend: Backend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Keys that are not text, and tuples, become what JSON makes of them, for everyone: the
+    database, the announcements and this process's watchers alike."""
+    if backend.executor == "ray":
+        pytest.skip("odd_keys is registered in this process only")
+    final = await run(client, stub, [{"name": "k", "order": 1, "action": "odd_keys"}])
+    assert final.status == "completed"
+    assert json.loads(final.tasks[0].output_json) == {"1": "one", "pair": [1, 2]}
+    stored = await execution_store.get_execution(final.execution_id)
+    assert stored["tasks"][0]["output"] == {"1": "one", "pair": [1, 2]}
+    # The runner went on: it did not die announcing the output (and leave it to a take-over).
+    assert "stopped unexpectedly" not in caplog.text
+
+
 async def test_a_bad_answer_is_a_failure(
     client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
 ) -> None:
@@ -168,6 +221,26 @@ async def test_text_a_database_refuses_fails_the_task_not_the_engine(
     final = await run(client, stub, [raising])
     assert final.status == "failed"
     assert final.tasks[0].error == "ValueError: a NUL \ufffd in the message"
+
+
+async def test_a_watch_begun_after_a_cancel_begins_with_the_cancel(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
+) -> None:
+    """The runner may take a while to stop (its task winding down); a watcher that comes in
+    meanwhile starts from the execution as cancelled, not from the runner's last state."""
+    if backend.executor == "ray":
+        pytest.skip("slow_to_stop is registered in this process only")
+    workflow_id = await make_workflow(client, [{"name": "s", "order": 1, "action": "slow_to_stop"}])
+    execution_id = await execute(stub, workflow_id)
+    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
+    async for update in stub.WatchExecution(request):
+        if update.tasks[0].status == "running":
+            break
+    cancelled = await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+    assert cancelled.status == "cancelled"
+    async for update in stub.WatchExecution(request):
+        assert (update.status, update.tasks[0].status) == ("cancelled", "cancelled")
+        break
 
 
 async def test_cancel_stops_running_tasks(

@@ -429,6 +429,36 @@ async def test_jobs_enqueued_in_one_turn_go_in_one_call_and_each_is_checked(
     assert (await stored(queue, aborted)).status != Status.QUEUED
 
 
+async def test_a_job_whose_caller_gives_up_is_withdrawn_from_its_call(
+    queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call held up (Redis unreachable, redis-py retrying) must not land a job after its
+    caller gave up and aborted it: the call is stopped, and its other jobs go again."""
+    calls: list[list[str]] = []
+    called = asyncio.Event()
+    enqueue_many = queue._enqueue_many
+
+    async def slow_first(*, keys: list[str], args: list[Any], client: Any) -> Any:
+        calls.append(keys[2::2])
+        called.set()
+        if len(calls) == 1:
+            await asyncio.sleep(30)  # stands in for redis-py's retries
+        return await enqueue_many(keys=keys, args=args, client=client)
+
+    monkeypatch.setattr(queue, "_enqueue_many", slow_first)
+    leaving, staying = Job("run_task", queue=queue), Job("run_task", queue=queue)
+    gives_up = asyncio.create_task(queue.enqueue(leaving))
+    waits = asyncio.create_task(queue.enqueue(staying))
+    await asyncio.wait_for(called.wait(), 5)
+    gives_up.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gives_up
+    assert await asyncio.wait_for(waits, 5) is not None
+    assert calls == [[leaving.id, staying.id], [staying.id]]
+    assert await queue.redis.lrange(queue.namespace("queued"), 0, -1) == [staying.id.encode()]
+    assert await queue.redis.get(leaving.id) is None
+
+
 async def test_a_sweep_acting_on_an_old_snapshot_changes_nothing(queue: TaskQueue) -> None:
     """A sweep decides from a snapshot, then acts seconds later (it waits on earlier jobs). A
     job whose (slow, not dead) worker completed it meanwhile keeps its answer."""

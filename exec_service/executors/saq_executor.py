@@ -40,6 +40,9 @@ SWEEP_RETRIES = 3
 JOB_TTL_SECONDS = 600
 # How long aborting a cancelled task's job may take.
 ABORT_SECONDS = 5.0
+# How long the abort marker of a cancelled task's job lives: longer than an enqueue may still
+# land after its caller was cancelled (TaskQueue's ENQUEUE_SECONDS), so that one is refused.
+ABORT_MARKER_SECONDS = 60
 
 
 class SaqExecutor:
@@ -88,7 +91,9 @@ class SaqExecutor:
                 # and the record it writes expires, in case the job was never enqueued.
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(ABORT_SECONDS):
-                        await self.queue.abort(job, "cancelled by the engine")
+                        await self.queue.abort(
+                            job, "cancelled by the engine", ttl=ABORT_MARKER_SECONDS
+                        )
                         await self.queue.redis.expire(job.id, JOB_TTL_SECONDS)
                 raise
         if job.status == Status.COMPLETE:
