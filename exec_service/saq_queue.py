@@ -342,10 +342,11 @@ class TaskQueue(RedisQueue):
         Whether jobs are waiting is known from the last job taken (either way answers how many
         are left): a worker keeps up with its queue, or it falls behind, for a while."""
         while self._taken_ahead:
-            _, ahead = self._taken_ahead.popleft()
+            ahead_id, ahead = self._taken_ahead.popleft()
             job = self.deserialize(ahead)
-            if job is not None:  # (a job with no record is the sweep's to drop)
+            if job is not None:
                 return job
+            self._claims.pop(ahead_id.decode(), None)  # no record: the sweep's to drop
         if await self.version() < (6, 2, 0):
             return await super().dequeue(timeout, poll_interval)
         taken = None

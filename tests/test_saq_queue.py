@@ -188,6 +188,17 @@ async def test_a_job_slot_finishing_a_job_takes_the_next_in_the_same_call(
     assert job.key == second.key
 
 
+async def test_a_job_taken_ahead_without_a_record_is_passed_over(queue: TaskQueue) -> None:
+    queue.take_ahead = True
+    _, lost = await enqueued(queue, "first", "lost")
+    await queue.redis.delete(lost.id)  # its record gone (Redis lost it): only its id is queued
+    job = await queue.dequeue()
+    assert job is not None
+    await finish_in_a_job_slot(queue, job)  # takes the id, and no record with it
+    assert await queue.dequeue(timeout=0.1) is None
+    assert lost.id not in queue._claims  # nothing kept for it
+
+
 async def test_a_job_finished_outside_a_job_slot_takes_nothing(queue: TaskQueue) -> None:
     """An engine's abort, or SAQ's abort timer, finishes jobs too: their next job would wait
     for a slot to come by, so they leave it in the queue."""
