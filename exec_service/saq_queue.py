@@ -2,9 +2,10 @@
 worker is gone, and fewer round trips per job.
 
 Round trips: a worker of SAQ's makes four per job (take it, read it, mark it active, store
-its end); here it makes two while jobs are waiting, three when it waits for them. Taking a
-waiting job and reading it are one script. Marking it active waits for its first heartbeat, a
-second in: most tasks end sooner, and their record goes from queued to ended (see `_update`).
+its end); here it makes one while jobs are waiting, three when it waits for them. Storing a
+job's end takes the slot's next job in the same script when others wait (`_finish`), and
+taking a job reads it. Marking it active waits for its first heartbeat, a second in: most
+tasks end sooner, and their record goes from queued to ended (see `_update`).
 And SAQ announces every status change of a job on the job's channel, after the write. Only
 ends are listened for (the engine's JobAnswers, SAQ's own waits), so the other notices
 (started, touched by a heartbeat, re-queued) are not sent: each reached every engine for
@@ -67,6 +68,31 @@ return id_jobs
 """
 
 
+def _keep_ended(record: str, lifetime: str) -> str:
+    """Lua that stores an ended job's record (KEYS[1]) for its lifetime, as SAQ does: `lifetime`
+    seconds, for good if 0, not at all (deleted) if negative."""
+    return f"""
+local ttl = tonumber({lifetime})
+if ttl > 0 then
+    redis.call('SET', KEYS[1], {record}, 'EX', ttl)
+elseif ttl == 0 then
+    redis.call('SET', KEYS[1], {record})
+else
+    redis.call('DEL', KEYS[1])
+end
+"""
+
+
+def _take_next(queued: str, active: str, none: str) -> str:
+    """Lua that moves the next waiting job into the active list and answers its id, its record
+    and how many jobs are left waiting; `none` when none was waiting."""
+    return f"""
+local job_id = redis.call('LMOVE', {queued}, {active}, 'LEFT', 'RIGHT')
+if not job_id then return {none} end
+return {{job_id, redis.call('GET', job_id), redis.call('LLEN', {queued})}}
+"""
+
+
 # Abort a job only if its record is still what the sweep saw. KEYS: the job's id, its abort
 # marker, queued, incomplete, active. ARGV: the record seen, the aborting record, the marker's
 # lifetime, the marker's text, the status to announce.
@@ -85,7 +111,7 @@ return 1
 # queued, incomplete, active. ARGV: the record read, the new record, 'retry' or 'end', the
 # incomplete score, '1' to push it to the queue now, the ended record's lifetime (0: none, -1:
 # delete it), the status to announce.
-_REPLACE_IF_UNCHANGED = """
+_REPLACE_IF_UNCHANGED = f"""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('LREM', KEYS[4], 0, KEYS[1])
 if ARGV[3] == 'retry' then
@@ -95,14 +121,7 @@ if ARGV[3] == 'retry' then
     if ARGV[5] == '1' then redis.call('RPUSH', KEYS[2], KEYS[1]) end
 else
     redis.call('ZREM', KEYS[3], KEYS[1])
-    local ttl = tonumber(ARGV[6])
-    if ttl > 0 then
-        redis.call('SET', KEYS[1], ARGV[2], 'EX', ttl)
-    elseif ttl == 0 then
-        redis.call('SET', KEYS[1], ARGV[2])
-    else
-        redis.call('DEL', KEYS[1])
-    end
+    {_keep_ended("ARGV[2]", "ARGV[6]")}
     redis.call('PUBLISH', KEYS[1], ARGV[7])
 end
 return 1
@@ -134,11 +153,7 @@ ENQUEUE_SECONDS = 20.0
 
 # Take the next queued job into the active list and read its record, in one round trip (SAQ
 # takes two); also answer how many jobs are left waiting. KEYS: queued, active.
-_TAKE = """
-local job_id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-if not job_id then return false end
-return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
-"""
+_TAKE = _take_next("KEYS[1]", "KEYS[2]", none="false")
 
 
 # SAQ's end of a job (out of the active list and incomplete, its record kept for its lifetime,
@@ -146,22 +161,13 @@ return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[1])}
 # in the same call. KEYS: the job's id, active, incomplete, queued. ARGV: the record, its
 # lifetime (0: for good, -1: delete it), the status to announce, '1' to take the next job.
 # Answers nil when not asked to take, an empty list when none was waiting.
-_FINISH_AND_TAKE = """
+_FINISH_AND_TAKE = f"""
 redis.call('LREM', KEYS[2], 1, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-    redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-elseif ttl == 0 then
-    redis.call('SET', KEYS[1], ARGV[1])
-else
-    redis.call('DEL', KEYS[1])
-end
+{_keep_ended("ARGV[1]", "ARGV[2]")}
 redis.call('PUBLISH', KEYS[1], ARGV[3])
 if ARGV[4] ~= '1' then return false end
-local job_id = redis.call('LMOVE', KEYS[4], KEYS[2], 'LEFT', 'RIGHT')
-if not job_id then return {} end
-return {job_id, redis.call('GET', job_id), redis.call('LLEN', KEYS[4])}
+{_take_next("KEYS[4]", "KEYS[2]", none="{}")}
 """
 
 # A job taken ahead by a worker that is stopping goes back to the head of the queue, if its
@@ -243,10 +249,10 @@ class TaskQueue(RedisQueue):
         self._enqueue_many = self.redis.register_script(_ENQUEUE_MANY)
         self._finish_and_take = self.redis.register_script(_FINISH_AND_TAKE)
         self._give_back = self.redis.register_script(_GIVE_BACK)
-        # Jobs taken ahead as the last one finished (id, record), and whether to take them: a
-        # worker turns it on while it runs (TaskWorker); an engine's queue never takes jobs.
+        # Jobs taken ahead as the last one finished (id, record). Only a worker's job slots take
+        # them (IN_JOB_SLOT), and not once the worker is stopping (TaskWorker.stop).
         self._taken_ahead: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self.take_ahead = False
+        self.worker_stopping = False
         # Jobs to enqueue at the end of this turn of the loop, and the calls under way.
         self._to_enqueue: list[tuple[Job, asyncio.Future[bool]]] = []
         self._enqueuing: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
@@ -377,7 +383,7 @@ class TaskQueue(RedisQueue):
         heartbeat, and every write is a compare-and-set on a record this worker read or wrote.
 
         Most tasks end within a second, before their first heartbeat: their record goes from
-        queued to ended, and the worker makes two round trips per job instead of three. A job
+        queued to ended, a round trip fewer per job. A job
         taken but not marked active is the state a worker that died between SAQ's two steps
         leaves, which the sweep already hands on after UNCLAIMED_GRACE_SECONDS (and counts as
         an attempt). The compare-and-set keeps a heartbeat from overwriting the engine's
@@ -431,7 +437,7 @@ class TaskQueue(RedisQueue):
         per job instead of two."""
         self._claims.pop(job.id, None)
         take = (
-            self.take_ahead
+            not self.worker_stopping
             and self._backlog
             and IN_JOB_SLOT.get()
             and await self.version() >= (6, 2, 0)

@@ -15,7 +15,7 @@ import logging
 import signal
 from typing import Any
 
-from saq import Job, Queue, Worker
+from saq import Job, Worker
 from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
@@ -99,24 +99,21 @@ def make_queue(redis_url: str, prefix: str) -> TaskQueue:
 
 
 class TaskWorker(Worker[Context]):
-    """SAQ's worker, whose job slots take their next job as they finish one (see
+    """SAQ's worker on a TaskQueue, whose job slots take their next job as they finish one (see
     TaskQueue._finish), and which gives back the jobs so taken when it stops."""
 
-    async def start(self) -> None:
-        if isinstance(self.queue, TaskQueue):
-            self.queue.take_ahead = True
-        await super().start()
+    def __init__(self, queue: TaskQueue, **settings: Any) -> None:
+        super().__init__(queue, **settings)
+        self.tasks_queue = queue  # `queue` as SAQ types it is any queue
 
     async def process(self) -> bool:
         IN_JOB_SLOT.set(True)  # this slot's task only: each runs in a context of its own
         return await super().process()
 
     async def stop(self) -> None:
-        if isinstance(self.queue, TaskQueue):
-            self.queue.take_ahead = False
+        self.tasks_queue.worker_stopping = True
         await super().stop()
-        if isinstance(self.queue, TaskQueue):
-            await self.queue.give_back()
+        await self.tasks_queue.give_back()
 
 
 class EmbeddedWorker(TaskWorker):
@@ -125,7 +122,7 @@ class EmbeddedWorker(TaskWorker):
     SIGNALS: list[signal.Signals] = []
 
 
-def make_worker(queue: Queue, concurrency: int, embedded: bool = False) -> Worker[Context]:
+def make_worker(queue: TaskQueue, concurrency: int, embedded: bool = False) -> Worker[Context]:
     kind = EmbeddedWorker if embedded else TaskWorker
     return kind(
         queue,

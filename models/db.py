@@ -25,9 +25,10 @@ POSTGRES_POOL_SIZE = 20
 
 # The group-commit statement (models/batched_changes.py) runs on a pool of its own, whose
 # sessions keep one generic plan for it. Left to choose, PostgreSQL plans that statement anew on
-# every call (its arrays have no length to plan a generic plan by), and the planning cost about
-# as much as the run: 0.2 ms a statement, measured. Only this pool is told; every other query
-# keeps PostgreSQL's own choice. `benchmarks/group_commit_plan.py` prints the generic plan.
+# every call (its list of changes has no length to plan a generic plan by), and the planning
+# cost about as much as the run: 0.2 ms a statement, measured (with the earlier array form).
+# Only this pool is told; every other query keeps PostgreSQL's own choice.
+# `benchmarks/group_commit_plan.py` prints the generic plan.
 BATCHED_CONNECTION = "batched"
 BATCHED_POOL_SIZE = 8
 

@@ -63,6 +63,24 @@ async def slow_to_stop(parameters: dict[str, Any]) -> Any:
     return {}
 
 
+def needs_this_process(backend: Backend, action: str) -> None:
+    """Skip on Ray: the test's action is registered in this process only, and Ray's workers
+    load only the built-in and installed actions."""
+    if backend.executor == "ray":
+        pytest.skip(f"{action} is registered in this process only; Ray workers cannot see it")
+
+
+async def cancel_once_running(
+    stub: WorkflowExecutionAsyncStub, execution_id: int
+) -> pb.WorkflowStatusResponse:
+    """Cancel the execution as soon as its first task runs; CancelExecution's answer."""
+    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
+    async for update in stub.WatchExecution(request):
+        if update.tasks[0].status == "running":
+            break
+    return await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+
+
 @pytest.fixture(autouse=True, scope="module")
 def test_actions() -> None:
     # In this process only: not on Ray's workers, which load built-in and installed actions.
@@ -170,8 +188,7 @@ async def test_timeouts(client: httpx.AsyncClient, stub: WorkflowExecutionAsyncS
 async def test_an_actions_own_timeout_error_is_its_failure_not_the_tasks_timeout(
     client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
 ) -> None:
-    if backend.executor == "ray":
-        pytest.skip("times_out_itself is registered in this process only")
+    needs_this_process(backend, "times_out_itself")
     task = {"name": "t", "order": 1, "action": "times_out_itself", "max_attempts": 1}
     for limits in ({}, {"timeout_seconds": 30}):  # no timeout of its own, and one not reached
         final = await run(client, stub, [task | limits])
@@ -188,8 +205,7 @@ async def test_an_output_is_seen_as_json_holds_it(
 ) -> None:
     """Keys that are not text, and tuples, become what JSON makes of them, for everyone: the
     database, the announcements and this process's watchers alike."""
-    if backend.executor == "ray":
-        pytest.skip("odd_keys is registered in this process only")
+    needs_this_process(backend, "odd_keys")
     final = await run(client, stub, [{"name": "k", "order": 1, "action": "odd_keys"}])
     assert final.status == "completed"
     assert json.loads(final.tasks[0].output_json) == {"1": "one", "pair": [1, 2]}
@@ -202,8 +218,7 @@ async def test_an_output_is_seen_as_json_holds_it(
 async def test_a_bad_answer_is_a_failure(
     client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
 ) -> None:
-    if backend.executor == "ray":
-        pytest.skip("bad_answer is registered in this process only; Ray workers cannot see it")
+    needs_this_process(backend, "bad_answer")
     final = await run(client, stub, [{"name": "bad", "order": 1, "action": "bad_answer"}])
     assert final.status == "failed"
     assert "not a JSON object" in final.tasks[0].error
@@ -212,8 +227,7 @@ async def test_a_bad_answer_is_a_failure(
 async def test_text_a_database_refuses_fails_the_task_not_the_engine(
     client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub, backend: Backend
 ) -> None:
-    if backend.executor == "ray":
-        pytest.skip("odd_text is registered in this process only; Ray workers cannot see it")
+    needs_this_process(backend, "odd_text")
     final = await run(client, stub, [{"name": "odd", "order": 1, "action": "odd_text"}])
     assert final.status == "failed"
     assert "surrogates not allowed" in final.tasks[0].error
@@ -228,16 +242,12 @@ async def test_a_watch_begun_after_a_cancel_begins_with_the_cancel(
 ) -> None:
     """The runner may take a while to stop (its task winding down); a watcher that comes in
     meanwhile starts from the execution as cancelled, not from the runner's last state."""
-    if backend.executor == "ray":
-        pytest.skip("slow_to_stop is registered in this process only")
+    needs_this_process(backend, "slow_to_stop")
     workflow_id = await make_workflow(client, [{"name": "s", "order": 1, "action": "slow_to_stop"}])
     execution_id = await execute(stub, workflow_id)
-    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
-    async for update in stub.WatchExecution(request):
-        if update.tasks[0].status == "running":
-            break
-    cancelled = await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+    cancelled = await cancel_once_running(stub, execution_id)
     assert cancelled.status == "cancelled"
+    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
     async for update in stub.WatchExecution(request):
         assert (update.status, update.tasks[0].status) == ("cancelled", "cancelled")
         break
@@ -248,11 +258,7 @@ async def test_cancel_stops_running_tasks(
 ) -> None:
     workflow_id = await make_workflow(client, [noop("long", 1, 30), noop("next", 2)])
     execution_id = await execute(stub, workflow_id)
-    request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
-    async for update in stub.WatchExecution(request):
-        if update.tasks[0].status == "running":
-            break
-    cancelled = await stub.CancelExecution(pb.CancelExecutionRequest(execution_id=execution_id))
+    cancelled = await cancel_once_running(stub, execution_id)
     assert cancelled.status == "cancelled"
     assert [task.status for task in cancelled.tasks] == ["cancelled", "cancelled"]
     final = await wait_until_done(stub, execution_id, within=5)

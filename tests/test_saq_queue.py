@@ -167,7 +167,6 @@ async def finish_in_a_job_slot(queue: TaskQueue, job: Job) -> None:
 async def test_a_job_slot_finishing_a_job_takes_the_next_in_the_same_call(
     queue: TaskQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    queue.take_ahead = True  # as a running worker has it
     first, second = await enqueued(queue, "first", "second")
     job = await queue.dequeue()
     assert job is not None
@@ -189,7 +188,6 @@ async def test_a_job_slot_finishing_a_job_takes_the_next_in_the_same_call(
 
 
 async def test_a_job_taken_ahead_without_a_record_is_passed_over(queue: TaskQueue) -> None:
-    queue.take_ahead = True
     _, lost = await enqueued(queue, "first", "lost")
     await queue.redis.delete(lost.id)  # its record gone (Redis lost it): only its id is queued
     job = await queue.dequeue()
@@ -202,7 +200,6 @@ async def test_a_job_taken_ahead_without_a_record_is_passed_over(queue: TaskQueu
 async def test_a_job_finished_outside_a_job_slot_takes_nothing(queue: TaskQueue) -> None:
     """An engine's abort, or SAQ's abort timer, finishes jobs too: their next job would wait
     for a slot to come by, so they leave it in the queue."""
-    queue.take_ahead = True
     _, second = await enqueued(queue, "first", "second")
     job = await queue.dequeue()
     assert job is not None
@@ -212,7 +209,6 @@ async def test_a_job_finished_outside_a_job_slot_takes_nothing(queue: TaskQueue)
 
 
 async def test_a_stopping_worker_gives_back_the_jobs_it_took_ahead(queue: TaskQueue) -> None:
-    queue.take_ahead = True
     _, _, c, d, e = await enqueued(queue, "a", "b", "c", "d", "e")
     running = [await queue.dequeue(), await queue.dequeue()]  # a and b
     for job in running:
@@ -222,7 +218,7 @@ async def test_a_stopping_worker_gives_back_the_jobs_it_took_ahead(queue: TaskQu
     # The engine aborts d (its task was cancelled) before the worker got to it.
     aborted = await stored(queue, d)
     await queue.abort(aborted, "cancelled by the engine")
-    queue.take_ahead = False
+    queue.worker_stopping = True
     await queue.give_back()
     queued = await queue.redis.lrange(queue.namespace("queued"), 0, -1)
     assert queued == [c.id.encode(), e.id.encode()]  # c back at the head, before e

@@ -18,12 +18,12 @@ from typing import Any
 
 from saq import Job, Worker
 from saq.job import Status
-from saq.queue.redis import RedisQueue
 from saq.types import Context
 
 from exec_service.actions.builtin import ActionError
 from exec_service.executors import TaskInterrupted
 from exec_service.executors.saq_answers import JobAnswers
+from exec_service.saq_queue import TaskQueue
 from exec_service.types import TaskRequest
 from exec_service.worker import (
     HEARTBEAT_SECONDS,
@@ -49,7 +49,7 @@ class SaqExecutor:
     name = "saq"
 
     def __init__(self, redis_url: str, prefix: str, embedded_workers: int | None = None) -> None:
-        self.queue: RedisQueue = make_queue(redis_url, prefix)
+        self.queue: TaskQueue = make_queue(redis_url, prefix)
         self._answers = JobAnswers(self.queue)
         self._embedded = embedded_workers
         self._worker: Worker[Context] | None = None
