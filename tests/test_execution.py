@@ -131,7 +131,10 @@ async def test_async_tasks_between_sync_ones_run_together(
     assert final.status == "completed"
     named = by_name(final)
     took = (moment(final.completed_at) - moment(final.started_at)).total_seconds()
-    assert 1.45 <= took < 1.95, took  # three stages of 0.5 s, not five
+    # Three stages of 0.5 s, not five (2.5 s): the bound leaves room for this shared machine's
+    # stalls (one CI run took 2.24 s, where runs take 1.52-1.75); the times below show the
+    # group ran together.
+    assert 1.45 <= took < 2.45, took
     group = [named[name] for name in "xyz"]
     assert all(moment(t.started_at) >= moment(named["first"].completed_at) for t in group)
     assert max(moment(t.started_at) for t in group) < min(moment(t.completed_at) for t in group)
