@@ -13,9 +13,10 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
-# Only what `pip install .` reads: pyproject.toml (with README.md, its `readme`) and the
-# packages and module it lists. Tests, benchmarks and the Bruno collection stay out.
-COPY pyproject.toml README.md ./
+# Only what `pip install .` reads: pyproject.toml (with README.md, its `readme`), the lock of
+# the versions we test (requirements.lock) and the packages and module it lists. Tests,
+# benchmarks and the Bruno collection stay out.
+COPY pyproject.toml README.md requirements.lock ./
 COPY models/ models/
 COPY graphql_api/ graphql_api/
 COPY exec_service/ exec_service/
@@ -25,9 +26,10 @@ COPY cli.py ./
 # A regular (not editable) install: the `workflow` script runs the installed packages. With
 # the executors' extras, so that every role runs from this one image: `saq` for
 # `workflow worker` and `workflow grpc --use-saq`, `ray` for `workflow grpc --use-ray`.
+# Constrained by requirements.lock: the image runs the versions the tests ran.
 # /app stays root-owned except for the directory itself, which `app` may write: the default
 # DATABASE_URL is a SQLite file in the working directory.
-RUN pip install --no-cache-dir '.[saq,ray]' \
+RUN pip install --no-cache-dir '.[saq,ray]' -c requirements.lock \
     && chown app:app /app
 
 USER app

@@ -39,9 +39,10 @@ import contextvars
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import RedisError
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
@@ -217,6 +218,14 @@ CLAIM_RECORDS = 8
 REPLACE_ATTEMPTS = 3
 # How long the abort marker of a swept job lives (as SAQ's).
 ABORT_MARKER_SECONDS = 5
+# How long the sweep waits for Redis to confirm its subscription to a job's channel.
+SUBSCRIBE_SECONDS = 5.0
+
+
+def _is_end_notice(data: bytes | str) -> bool:
+    """Whether a notice on a job's channel (its new status, as SAQ publishes it) is an end."""
+    text = data.decode() if isinstance(data, bytes) else data
+    return text.upper() in Status.__members__ and Status[text.upper()] in TERMINAL_STATUSES
 
 
 @dataclasses.dataclass
@@ -531,11 +540,16 @@ class TaskQueue(RedisQueue):
             aborting.attempts += 1
         keys = [job.id, job.abort_id, self._queued, self._incomplete, self._active]
         args: list[Any] = [seen, self.serialize(aborting), ABORT_MARKER_SECONDS, aborting.error]
-        if not await self._abort_if_unchanged(keys=keys, args=[*args, aborting.status]):
-            return False
-        log.info("Sweeping job %s", job.info(log.isEnabledFor(logging.DEBUG)))
-        with contextlib.suppress(TimeoutError, RuntimeError):  # RuntimeError: record gone
-            await aborting.refresh(abort)  # a live worker answers the abort within a second
+        # Listening before the abort, not after it as SAQ's Job.refresh does (read the record,
+        # then subscribe): an end stored in between was never heard, and the sweep waited its
+        # whole `abort` for nothing. redis-py 8.2 opens the subscription later than 8.1 did,
+        # which made that window wide enough to lose a worker's answer every time.
+        async with self._end_notice(job.id) as wait_for_end:
+            if not await self._abort_if_unchanged(keys=keys, args=[*args, aborting.status]):
+                return False
+            log.info("Sweeping job %s", job.info(log.isEnabledFor(logging.DEBUG)))
+            # A live worker answers the abort within a second.
+            await wait_for_end(abort)
         for _ in range(REPLACE_ATTEMPTS):
             record: bytes | None = await self.redis.get(job.id)  # type: ignore[assignment]
             current = self.deserialize(record)
@@ -553,6 +567,31 @@ class TaskQueue(RedisQueue):
                 return True
         log.warning("job %s kept changing while swept; left as it is", job.id)
         return True
+
+    @contextlib.asynccontextmanager
+    async def _end_notice(self, job_id: str) -> AsyncIterator[Callable[[float], Awaitable[None]]]:
+        """Subscribes to the job's channel (confirmed by Redis before this yields) and gives a
+        wait for the notice of its end, for at most the seconds it is given."""
+        pubsub = self.redis.pubsub()
+        try:
+            await pubsub.subscribe(job_id)
+            # The confirmation: from here on, every notice on the channel reaches us.
+            await pubsub.get_message(timeout=SUBSCRIBE_SECONDS)
+
+            async def wait_for_end(seconds: float) -> None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(seconds):
+                        while True:
+                            message = await pubsub.get_message(
+                                ignore_subscribe_messages=True, timeout=None
+                            )
+                            if message is not None and _is_end_notice(message["data"]):
+                                return
+
+            yield wait_for_end
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def _replace(self, job: Job, seen: bytes, *, retry: bool) -> bool:
         """Re-queue the job (`retry`), or end it aborted, if its record is still `seen`."""

@@ -93,7 +93,7 @@ async def notices(queue: TaskQueue, job: Job) -> AsyncIterator[PubSub]:
         assert confirmation["type"] == "subscribe"
         yield pubsub
     finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 async def blocked_at_redis(queue: TaskQueue) -> int:
