@@ -33,6 +33,7 @@ from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
 from models.executions import RunChange, now
+from models.stages import stages as grouped
 from models.statuses import (
     CANCELLED,
     COMPLETED,
@@ -43,6 +44,8 @@ from models.statuses import (
     SKIPPED,
 )
 from models.tables import Execution, TaskRun
+from models.templates import TemplateFailed, evaluate_when, has_templates, render_parameters
+from models.templates import context as template_context
 from models.workflows import iso
 
 log = logging.getLogger(__name__)
@@ -80,13 +83,9 @@ def owner_id() -> str:
 
 def stages(runs: Sequence[TaskRun]) -> list[list[TaskRun]]:
     """Sync tasks alone, consecutive async tasks together, in (order, task id) order."""
-    groups: list[list[TaskRun]] = []
-    for run in sorted(runs, key=lambda item: (item.order, item.task_id)):
-        if run.execution_type == "async" and groups and groups[-1][-1].execution_type == "async":
-            groups[-1].append(run)
-        else:
-            groups.append([run])
-    return groups
+    return grouped(
+        runs, lambda run: (run.order, run.task_id), lambda run: run.execution_type == "async"
+    )
 
 
 def _check_output(output: Any) -> dict[str, Any]:
@@ -114,6 +113,7 @@ class Runner:
         # Each run as events show it, rebuilt only when that run changes.
         self._run_dicts = {run.id: store.run_dict(run) for run in runs}
         self._write_lock = asyncio.Lock()
+        self._stages = stages(runs)
 
     async def run(self) -> None:
         if self.execution.status in EXECUTION_TERMINAL:
@@ -123,8 +123,9 @@ class Runner:
             if run.status == FAILED:
                 await self._fail(TaskFailed(run, run.error or "failed"), cancelled=[])
                 return
-        for stage in stages(self.runs):
-            todo = [run for run in stage if run.status != COMPLETED]
+        for stage in self._stages:
+            # Skipped here means its `when` was false (a skip after a failure ends the run).
+            todo = [run for run in stage if run.status not in (COMPLETED, SKIPPED)]
             if todo:
                 failure, cancelled = await self._run_stage(todo)
                 if failure is not None:
@@ -162,6 +163,20 @@ class Runner:
 
     async def _run_task(self, run: TaskRun) -> None:
         config = self.engine.config
+        parameters = cast(dict[str, Any], run.parameters)
+        rendered: dict[str, Any] | None = None
+        if run.condition is not None or has_templates(parameters):
+            # From the committed outputs of earlier stages: a take-over renders the same.
+            try:
+                context = self._template_context(run)
+                if run.condition is not None and not evaluate_when(run.condition, context):
+                    skipped = RunChange(run.id, (PENDING,), {"status": SKIPPED})
+                    await self._write([skipped], task=run)
+                    return
+                if has_templates(parameters):
+                    rendered = parameters = render_parameters(parameters, context)
+            except TemplateFailed as exc:
+                raise TaskFailed(run, exc.message) from None  # the same on every attempt
         while True:
             if run.interruptions >= config.max_interruptions:
                 raise TaskFailed(
@@ -180,7 +195,8 @@ class Runner:
                             "attempts": attempt,
                             "started_at": run.started_at or now(),
                             "error": run.error,
-                        },
+                        }
+                        | ({"rendered": rendered} if rendered is not None else {}),
                     )
                 ],
                 task=run,
@@ -189,7 +205,7 @@ class Runner:
             deadline = asyncio.timeout(run.timeout_seconds)
             try:
                 async with deadline:
-                    output = await self.engine.executor.run(self._request(run, attempt))
+                    output = await self.engine.executor.run(self._request(run, attempt, parameters))
                 output = _check_output(output)
             except TimeoutError as exc:
                 # The task's own timeout, or a TimeoutError the action raised itself.
@@ -215,13 +231,23 @@ class Runner:
             delay = min(config.retry_base_seconds * 2 ** (failures - 1), config.retry_max_seconds)
             await asyncio.sleep(delay)
 
-    def _request(self, run: TaskRun, attempt: int) -> TaskRequest:
+    def _template_context(self, run: TaskRun) -> dict[str, Any]:
+        earlier = []
+        for stage in self._stages:
+            if run in stage:
+                break
+            earlier += [(other.name, other.status, other.output) for other in stage]
+        return template_context(
+            self.execution.id, self.execution.workflow_id, self.execution.input, earlier
+        )
+
+    def _request(self, run: TaskRun, attempt: int, parameters: dict[str, Any]) -> TaskRequest:
         return {
             "execution_id": self.execution.id,
             "run_id": run.id,
             "task_id": run.task_id,
             "action": run.action,
-            "parameters": cast(dict[str, Any], run.parameters),
+            "parameters": parameters,
             "attempt": attempt,
             "timeout_seconds": run.timeout_seconds,
         }
@@ -339,13 +365,33 @@ class Engine:
         except Exception:
             log.exception("releasing leases failed; they expire by themselves")
 
-    async def execute(self, workflow_id: int, idempotency_key: str | None) -> tuple[int, bool]:
+    async def execute(
+        self,
+        workflow_id: int,
+        idempotency_key: str | None,
+        input: dict[str, Any] | None = None,
+        triggered_by: str | None = None,
+    ) -> tuple[int, bool]:
         new = await store.create_execution(
-            workflow_id, idempotency_key, self.owner, self.config.lease_seconds
+            workflow_id,
+            idempotency_key,
+            self.owner,
+            self.config.lease_seconds,
+            input=input,
+            triggered_by=triggered_by,
         )
         if new.created and new.execution is not None:
             self.spawn(new.id, (new.execution, new.runs))
         return new.id, new.created
+
+    async def retry(self, execution_id: int, triggered_by: str | None = None) -> int:
+        """Start a new execution of a failed or cancelled one, from where it failed. Raises
+        NotFound, or Conflict when it is not failed or cancelled."""
+        new = await store.retry_execution(
+            execution_id, self.owner, self.config.lease_seconds, triggered_by
+        )
+        self.spawn(new.id, (new.execution, new.runs) if new.execution is not None else None)
+        return new.id
 
     async def cancel(self, execution_id: int) -> dict[str, Any]:
         """Cancel wherever it runs. Raises NotFound. Returns the execution as it now is."""

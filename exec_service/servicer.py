@@ -18,7 +18,7 @@ from exec_service.engine import Engine
 from exec_service.watch import watch
 from models import executions as store
 from models.errors import Invalid, WorkflowError
-from models.inputs import idempotency_key
+from models.inputs import execution_input, idempotency_key
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 
@@ -38,6 +38,7 @@ def task_status(run: Mapping[str, Any]) -> pb.TaskStatus:
         completed_at=run["completed_at"] or "",
         error=run["error"] or "",
         output_json=json.dumps(run["output"]) if run["output"] is not None else "",
+        parameters_json=json.dumps(run["parameters"]),
     )
 
 
@@ -69,6 +70,10 @@ def status_response(
         completed_at=snapshot["completed_at"] or "",
         error=snapshot["error"] or "",
         tasks=[build(run) for run in snapshot["tasks"]],
+        output_json=json.dumps(store.execution_output(snapshot["tasks"])),
+        input_json=json.dumps(snapshot["input"]) if snapshot["input"] is not None else "",
+        triggered_by=snapshot["triggered_by"],
+        retry_of=snapshot["retry_of"] or 0,
     )
 
 
@@ -76,6 +81,21 @@ def _positive(value: int, name: str) -> int:
     if value <= 0:
         raise Invalid(f"{name} must be a positive integer, got {value}")
     return value
+
+
+def _input(text: str) -> dict[str, Any] | None:
+    """`input_json`: "" for none, else JSON text of an object (checked as every edge does)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise Invalid("Invalid input: input_json: must be JSON text of an object") from None
+    return execution_input(value, "input_json")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T]) -> T:
@@ -102,7 +122,8 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
         async def execute() -> pb.ExecuteWorkflowResponse:
             workflow_id = _positive(request.workflow_id, "workflow_id")
             key = idempotency_key(request.idempotency_key, "idempotency_key")
-            execution_id, created = await self.engine.execute(workflow_id, key)
+            input = _input(request.input_json)
+            execution_id, created = await self.engine.execute(workflow_id, key, input)
             status = "in_progress"
             if not created:  # a repeated key: the first execution, as it is now
                 status = (await store.get_execution(execution_id))["status"]
@@ -131,6 +152,18 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
             return status_response(await self.engine.cancel(execution_id))
 
         return await _answer(context, cancel())
+
+    async def RetryExecution(
+        self,
+        request: pb.GetWorkflowStatusRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> pb.ExecuteWorkflowResponse:
+        async def retry() -> pb.ExecuteWorkflowResponse:
+            execution_id = _positive(request.execution_id, "execution_id")
+            new_id = await self.engine.retry(execution_id)
+            return pb.ExecuteWorkflowResponse(execution_id=new_id, status="in_progress")
+
+        return await _answer(context, retry())
 
     async def WatchExecution(
         self,

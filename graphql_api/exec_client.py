@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from models.errors import Invalid, NotFound, Unavailable, WorkflowError
+from models.errors import Conflict, Invalid, NotFound, Unavailable, WorkflowError
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 
@@ -26,6 +26,8 @@ def _translate(error: grpc.aio.AioRpcError) -> WorkflowError:
         return NotFound(detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return Invalid(detail)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return Conflict(detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable("The execution service is not reachable")
     return WorkflowError(f"The execution service failed: {code.name}")
@@ -40,6 +42,9 @@ def parse_status(response: pb.WorkflowStatusResponse) -> dict[str, Any]:
         "started_at": response.started_at or None,
         "completed_at": response.completed_at or None,
         "error": response.error or None,
+        "input": json.loads(response.input_json) if response.input_json else None,
+        "triggered_by": response.triggered_by,
+        "retry_of": response.retry_of or None,
         "tasks": [
             {
                 "task_id": task.task_id,
@@ -51,6 +56,7 @@ def parse_status(response: pb.WorkflowStatusResponse) -> dict[str, Any]:
                 "completed_at": task.completed_at or None,
                 "output": json.loads(task.output_json) if task.output_json else None,
                 "error": task.error or None,
+                "parameters": json.loads(task.parameters_json) if task.parameters_json else {},
             }
             for task in response.tasks
         ],
@@ -63,12 +69,28 @@ class ExecutionClient:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = pb_grpc.WorkflowExecutionStub(self._channel)
 
-    async def execute(self, workflow_id: int, idempotency_key: str | None) -> int:
+    async def execute(
+        self,
+        workflow_id: int,
+        idempotency_key: str | None,
+        input: dict[str, Any] | None = None,
+    ) -> int:
         request = pb.ExecuteWorkflowRequest(
-            workflow_id=workflow_id, idempotency_key=idempotency_key or ""
+            workflow_id=workflow_id,
+            idempotency_key=idempotency_key or "",
+            input_json=json.dumps(input, ensure_ascii=False) if input is not None else "",
         )
         try:
             response = await self._stub.ExecuteWorkflow(request, timeout=CALL_TIMEOUT_SECONDS)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error) from None
+        return int(response.execution_id)
+
+    async def retry(self, execution_id: int) -> int:
+        """Start a new execution of a failed or cancelled one. Raises NotFound or Conflict."""
+        request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
+        try:
+            response = await self._stub.RetryExecution(request, timeout=CALL_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return int(response.execution_id)

@@ -63,6 +63,7 @@ TASK_FIELDS: dict[str, Render] = {
     "parameters": lambda row: row["parameters"],
     "maxAttempts": lambda row: row["max_attempts"],
     "timeoutSeconds": lambda row: row["timeout_seconds"],
+    "when": lambda row: row.get("when"),
     "__typename": lambda row: "Task",
 }
 WORKFLOW_FIELDS: dict[str, Render] = {

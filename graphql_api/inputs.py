@@ -50,6 +50,7 @@ def _task_data(task: TaskInput) -> dict[str, Any]:
         "action": task.action,
         "max_attempts": task.max_attempts,
         "timeout_seconds": task.timeout_seconds,
+        "when": task.when,
     }
 
 

@@ -10,14 +10,13 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
 
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
 from models import executions as execution_store
 from models import workflows as store
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
-from models.inputs import INT32_MAX, IdempotencyKey, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.inputs import INT32_MAX, ExecuteRequest, TaskCreate, WorkflowCreate, WorkflowUpdate
 
 router = APIRouter()
 
@@ -91,31 +90,48 @@ async def delete_task(workflow_id: int, task_id: int) -> Response:
     return _json(SUCCESS)
 
 
-class ExecuteBody(BaseModel):
-    idempotency_key: IdempotencyKey | None = None
-
-
 def _execution_client(request: Request) -> ExecutionClient:
     client: ExecutionClient = request.app.state.exec_client
     return client
 
 
-@_route("POST", "/workflows/{workflow_id}/execute", ExecutionOut)
-async def execute_workflow(
-    workflow_id: int, request: Request, body: ExecuteBody | None = None
-) -> Response:
-    key = (body.idempotency_key or None) if body is not None else None
-    if not execution_store.valid_id(workflow_id):
-        raise NotFound(WORKFLOW_NOT_FOUND)
-    execution_id = await _execution_client(request).execute(workflow_id, key)
+async def _execution_json(execution_id: int) -> Response:
     snapshot = await execution_store.get_execution(execution_id)
     return _json(store.dumps(execution_store.public(snapshot)))
+
+
+@_route("POST", "/workflows/{workflow_id}/execute", ExecutionOut)
+async def execute_workflow(
+    workflow_id: int, request: Request, body: ExecuteRequest | None = None
+) -> Response:
+    key = (body.idempotency_key or None) if body is not None else None
+    input = body.input if body is not None else None
+    if not execution_store.valid_id(workflow_id):
+        raise NotFound(WORKFLOW_NOT_FOUND)
+    execution_id = await _execution_client(request).execute(workflow_id, key, input)
+    return await _execution_json(execution_id)
+
+
+@_route("POST", "/executions/{execution_id}/retry", ExecutionOut)
+async def retry_execution(execution_id: int, request: Request) -> Response:
+    """A new execution of a failed or cancelled one; its completed tasks are not run again."""
+    if not execution_store.valid_id(execution_id):
+        raise NotFound(execution_store.EXECUTION_NOT_FOUND)
+    return await _execution_json(await _execution_client(request).retry(execution_id))
+
+
+@_route("POST", "/executions/{execution_id}/cancel", ExecutionOut)
+async def cancel_execution(execution_id: int, request: Request) -> Response:
+    """Stop the execution's running tasks and mark it cancelled (an ended one stays as it is)."""
+    if not execution_store.valid_id(execution_id):
+        raise NotFound(execution_store.EXECUTION_NOT_FOUND)
+    await _execution_client(request).cancel(execution_id)
+    return await _execution_json(execution_id)
 
 
 @_route("GET", "/executions/{execution_id}", ExecutionOut)
 async def get_execution(execution_id: int) -> Response:
-    snapshot = await execution_store.get_execution(execution_id)
-    return _json(store.dumps(execution_store.public(snapshot)))
+    return await _execution_json(execution_id)
 
 
 @_route("GET", "/workflows/{workflow_id}/executions", list[ExecutionOut])

@@ -36,6 +36,8 @@ class TaskRunOut(BaseModel):
     completed_at: datetime | None
     output: dict[str, Any] | None
     error: str | None
+    # As the action received them (templates rendered) once the task started.
+    parameters: dict[str, Any]
 
 
 class ExecutionOut(BaseModel):
@@ -46,3 +48,8 @@ class ExecutionOut(BaseModel):
     completed_at: datetime | None
     error: str | None
     tasks: list[TaskRunOut]
+    input: dict[str, Any] | None
+    # {task name: output} of the completed tasks.
+    output: dict[str, Any]
+    triggered_by: str
+    retry_of: int | None

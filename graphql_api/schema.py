@@ -18,6 +18,7 @@ from strawberry.extensions import (
 )
 from strawberry.extensions.max_aliases import create_validator as aliases_rule
 from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
+from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
 from graphql_api.exec_client import ExecutionClient
@@ -36,6 +37,7 @@ from graphql_api.types import (
 from models import executions as execution_store
 from models import workflows as store
 from models.errors import WorkflowError
+from models.inputs import execution_input
 from models.inputs import idempotency_key as idempotency_key_of
 
 log = logging.getLogger(__name__)
@@ -122,11 +124,24 @@ class Mutation:
 
     @strawberry.mutation(description="Start an execution (or return the one with this key).")
     async def execute_workflow(
-        self, info: strawberry.Info, workflow_id: strawberry.ID, idempotency_key: str | None = None
+        self,
+        info: strawberry.Info,
+        workflow_id: strawberry.ID,
+        idempotency_key: str | None = None,
+        input: JSON | None = None,
     ) -> Execution:
         workflow = parse_id(workflow_id, "workflowId")
         key = idempotency_key_of(idempotency_key, "idempotencyKey")
-        execution_id = await _client(info).execute(workflow, key)
+        data = execution_input(input, "input")
+        execution_id = await _client(info).execute(workflow, key, data)
+        return Execution.from_dict(await execution_store.get_execution(execution_id))
+
+    @strawberry.mutation(
+        description="Run a failed or cancelled execution again as a new one, on the same "
+        "snapshot and input: its completed tasks keep their outputs and are not run again."
+    )
+    async def retry_execution(self, info: strawberry.Info, id: strawberry.ID) -> Execution:
+        execution_id = await _client(info).retry(parse_id(id))
         return Execution.from_dict(await execution_store.get_execution(execution_id))
 
     @strawberry.mutation(description="Stop the execution's running tasks and mark it cancelled.")

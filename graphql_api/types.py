@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
 
 from models.errors import Invalid
+from models.executions import execution_output
 from models.inputs import Page
 
 
@@ -38,6 +39,10 @@ class Task:
     parameters: JSON
     max_attempts: int
     timeout_seconds: float | None
+    when: str | None = strawberry.field(
+        description="A template expression: the task runs only if it holds when it would "
+        "start (else it is skipped and the run goes on)."
+    )
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Task:
@@ -52,6 +57,7 @@ class Task:
             parameters=row["parameters"],
             max_attempts=row["max_attempts"],
             timeout_seconds=row["timeout_seconds"],
+            when=row.get("when"),
         )
 
 
@@ -96,6 +102,7 @@ class TaskInput:
     parameters: JSON = strawberry.field(default_factory=dict)
     max_attempts: int = 1
     timeout_seconds: float | None = None
+    when: str | None = None
 
 
 @strawberry.input
@@ -141,6 +148,10 @@ class TaskRun:
     completed_at: datetime | None
     output: JSON | None
     error: str | None
+    parameters: JSON = strawberry.field(
+        description="As the action received them (templates rendered) once the task started; "
+        "as written before."
+    )
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> TaskRun:
@@ -154,6 +165,7 @@ class TaskRun:
             completed_at=_moment(row["completed_at"]),
             output=row["output"],
             error=row["error"],
+            parameters=row["parameters"],
         )
 
 
@@ -166,6 +178,14 @@ class Execution:
     completed_at: datetime | None
     error: str | None
     task_runs: list[TaskRun]
+    input: JSON | None = strawberry.field(description="The JSON object it was started with.")
+    output: JSON = strawberry.field(description="{task name: output} of its completed tasks.")
+    triggered_by: str = strawberry.field(
+        description="Who started it: an API key's name, schedule:<id>, trigger:<id>, anonymous."
+    )
+    retry_of: strawberry.ID | None = strawberry.field(
+        description="The failed or cancelled execution this one retries."
+    )
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Execution:
@@ -177,6 +197,10 @@ class Execution:
             completed_at=_moment(row["completed_at"]),
             error=row["error"],
             task_runs=[TaskRun.from_dict(run) for run in row["tasks"]],
+            input=row["input"],
+            output=cast(JSON, execution_output(row["tasks"])),
+            triggered_by=row["triggered_by"],
+            retry_of=strawberry.ID(str(row["retry_of"])) if row["retry_of"] else None,
         )
 
 

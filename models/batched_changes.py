@@ -35,6 +35,7 @@ RUN_COLUMNS = {
     "completed_at": "timestamptz",
     "error": "text",
     "output": "text",
+    "rendered": "text",
 }
 EXECUTION_COLUMNS = {"status": "text", "completed_at": "timestamptz", "error": "text"}
 # Changes in one statement at most. Past a few hundred a batch saves little more, and every

@@ -22,11 +22,13 @@ from tortoise.transactions import in_transaction
 
 from models.batched_changes import batcher
 from models.db import BATCHED_CONNECTION
-from models.errors import WORKFLOW_NOT_FOUND, NotFound
+from models.errors import WORKFLOW_NOT_FOUND, Conflict, NotFound
 from models.inputs import INT32_MAX
 from models.statuses import (
     CANCELLED,
+    COMPLETED,
     EXECUTION_TERMINAL,
+    FAILED,
     IN_PROGRESS,
     PENDING,
     RUNNING,
@@ -36,6 +38,8 @@ from models.tables import Execution, Task, TaskRun, Workflow
 from models.workflows import iso
 
 EXECUTION_NOT_FOUND = "Execution not found"
+# Who started an execution on an open service (no API keys), and of rows from before it was kept.
+ANONYMOUS = "anonymous"
 
 
 def now() -> datetime:
@@ -53,6 +57,8 @@ def run_dict(run: TaskRun) -> dict[str, Any]:
         "completed_at": iso(run.completed_at),
         "output": run.output,
         "error": run.error,
+        # As the action received them once the task started; before, as written.
+        "parameters": run.rendered if run.rendered is not None else run.parameters,
     }
 
 
@@ -66,13 +72,39 @@ def execution_dict(execution: Execution, runs: Sequence[TaskRun]) -> dict[str, A
         "completed_at": iso(execution.completed_at),
         "error": execution.error,
         "tasks": [run_dict(run) for run in runs],
+        "input": execution.input,
+        "triggered_by": execution.triggered_by or ANONYMOUS,
+        "retry_of": execution.retry_of,
         "version": execution.version,
     }
 
 
+def execution_output(tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """An execution's output: {task name: output} of its completed tasks, in running order."""
+    return {run["name"]: run["output"] for run in tasks if run["status"] == COMPLETED}
+
+
 def public(snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """A snapshot as REST shows it."""
-    return {key: value for key, value in snapshot.items() if key != "version"}
+    """A snapshot as REST shows it: without `version`, with `output` (computed here, at the
+    edge, so that announcements do not carry every output twice)."""
+    shown = {key: snapshot[key] for key in _REST_KEYS}
+    shown["output"] = execution_output(snapshot["tasks"])
+    shown["triggered_by"] = snapshot["triggered_by"]
+    shown["retry_of"] = snapshot["retry_of"]
+    return shown
+
+
+# The REST `Execution` keys before `output`: the first seven as they were before inputs.
+_REST_KEYS = (
+    "id",
+    "workflow_id",
+    "status",
+    "started_at",
+    "completed_at",
+    "error",
+    "tasks",
+    "input",
+)
 
 
 def valid_id(value: int) -> bool:
@@ -88,9 +120,10 @@ def ordered_runs(execution_id: int) -> Any:
 # then take that change's announcement for news, or miss it).
 _SNAPSHOT = (
     "SELECT e.workflow_id, e.status, e.started_at, e.completed_at, e.error, e.version, "
+    "e.input, e.triggered_by, e.retry_of, "
     'r.task_id, r.name, r."order", r.status AS run_status, r.attempts, '
     "r.started_at AS run_started_at, r.completed_at AS run_completed_at, r.output, "
-    "r.error AS run_error "
+    "r.error AS run_error, COALESCE(r.rendered, r.parameters) AS run_parameters "
     "FROM executions AS e LEFT JOIN task_runs AS r ON r.execution_id = e.id "
     'WHERE e.id = {mark} ORDER BY r."order", r.task_id'
 )
@@ -121,8 +154,9 @@ async def get_execution(execution_id: int) -> dict[str, Any]:
             "attempts": row["attempts"],
             "started_at": _moment(row["run_started_at"]),
             "completed_at": _moment(row["run_completed_at"]),
-            "output": json.loads(row["output"]) if row["output"] is not None else None,
+            "output": _json(row["output"]),
             "error": row["run_error"],
+            "parameters": _json(row["run_parameters"]),
         }
         for row in rows
         if row["task_id"] is not None
@@ -135,8 +169,15 @@ async def get_execution(execution_id: int) -> dict[str, Any]:
         "completed_at": _moment(first["completed_at"]),
         "error": first["error"],
         "tasks": tasks,
+        "input": _json(first["input"]),
+        "triggered_by": first["triggered_by"] or ANONYMOUS,
+        "retry_of": first["retry_of"],
         "version": first["version"],
     }
+
+
+def _json(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
 
 
 async def find_execution(execution_id: int) -> dict[str, Any] | None:
@@ -171,7 +212,12 @@ class NewExecution:
 
 
 async def create_execution(
-    workflow_id: int, idempotency_key: str | None, owner: str, lease_seconds: float
+    workflow_id: int,
+    idempotency_key: str | None,
+    owner: str,
+    lease_seconds: float,
+    input: dict[str, Any] | None = None,
+    triggered_by: str | None = None,
 ) -> NewExecution:
     """Snapshot the workflow's tasks into a new execution owned by `owner`.
 
@@ -194,6 +240,9 @@ async def create_execution(
         "lease_owner": owner,
         "lease_expires_at": started + timedelta(seconds=lease_seconds),
         "version": 1,
+        "input": input,
+        "triggered_by": triggered_by,
+        "retry_of": None,
     }
     try:
         if Execution._meta.db.capabilities.dialect == "postgres":
@@ -230,6 +279,7 @@ async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
                     parameters=task.parameters,
                     max_attempts=task.max_attempts,
                     timeout_seconds=task.timeout_seconds,
+                    condition=task.condition,
                     status=PENDING,
                 )
                 for task in tasks
@@ -246,16 +296,17 @@ _CREATE = f"""
 WITH workflow AS (SELECT id FROM workflows WHERE id = $1),
 execution AS (
     INSERT INTO executions (workflow_id, idempotency_key, status, created_at, started_at,
-                            lease_owner, lease_expires_at, version)
-    SELECT id, $2, $3, $4, $5, $6, $7, $8 FROM workflow
+                            lease_owner, lease_expires_at, version, input, triggered_by,
+                            retry_of)
+    SELECT id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM workflow
     RETURNING id
 ),
 runs AS (
     INSERT INTO task_runs (execution_id, task_id, name, "order", execution_type, action,
-                           parameters, max_attempts, timeout_seconds, status, attempts,
-                           interruptions)
+                           parameters, max_attempts, timeout_seconds, condition, status,
+                           attempts, interruptions)
     SELECT execution.id, t.id, t.name, t."order", t.execution_type, t.action,
-           t.parameters, t.max_attempts, t.timeout_seconds, '{PENDING}', 0, 0
+           t.parameters, t.max_attempts, t.timeout_seconds, t.condition, '{PENDING}', 0, 0
     FROM tasks t CROSS JOIN execution
     WHERE t.workflow_id = $1
     RETURNING *
@@ -265,7 +316,9 @@ SELECT execution.id AS new_execution_id, runs.* FROM execution LEFT JOIN runs ON
 
 
 async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
-    rows = await Execution._meta.db.execute_query_dict(_CREATE, list(values.values()))
+    arguments = list(values.values())
+    arguments[8] = _db_value("input", arguments[8])  # JSON text, as the column keeps it
+    rows = await Execution._meta.db.execute_query_dict(_CREATE, arguments)
     if not rows:
         raise NotFound(WORKFLOW_NOT_FOUND)
     execution_id = rows[0].pop("new_execution_id")
@@ -277,6 +330,68 @@ async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
             runs.append(TaskRun._init_from_db(**row))
     runs.sort(key=lambda run: (run.order, run.task_id))
     return NewExecution(execution_id, True, execution, runs)
+
+
+async def retry_execution(
+    execution_id: int, owner: str, lease_seconds: float, triggered_by: str | None = None
+) -> NewExecution:
+    """A new execution of a failed or cancelled one, on its snapshot and input, owned by
+    `owner`: the tasks that completed there are completed here (same outputs, no attempts),
+    every other task is pending again. Raises NotFound, or Conflict for any other status."""
+    if not valid_id(execution_id):
+        raise NotFound(EXECUTION_NOT_FOUND)
+    started = now()
+    async with in_transaction("default") as connection:
+        old = await Execution.filter(id=execution_id).using_db(connection).first()
+        if old is None:
+            raise NotFound(EXECUTION_NOT_FOUND)
+        if old.status not in (FAILED, CANCELLED):
+            raise Conflict(
+                f"Execution {execution_id} is {old.status}: only failed or cancelled "
+                "executions can be retried"
+            )
+        execution = await Execution.create(
+            using_db=connection,
+            workflow_id=old.workflow_id,
+            status=IN_PROGRESS,
+            created_at=started,
+            started_at=started,
+            lease_owner=owner,
+            lease_expires_at=started + timedelta(seconds=lease_seconds),
+            version=1,
+            input=old.input,
+            triggered_by=triggered_by,
+            retry_of=old.id,
+        )
+        old_runs = await ordered_runs(execution_id).using_db(connection)
+        await TaskRun.bulk_create(
+            [_carried_over(run, execution.id, started) for run in old_runs], using_db=connection
+        )
+        runs = list(await ordered_runs(execution.id).using_db(connection))
+    return NewExecution(execution.id, True, execution, runs)
+
+
+def _carried_over(run: TaskRun, execution_id: int, moment: datetime) -> TaskRun:
+    """A run of the retried execution as the retry starts it: done if it completed there."""
+    done = run.status == COMPLETED
+    return TaskRun(
+        execution_id=execution_id,
+        task_id=run.task_id,
+        name=run.name,
+        order=run.order,
+        execution_type=run.execution_type,
+        action=run.action,
+        parameters=run.parameters,
+        max_attempts=run.max_attempts,
+        timeout_seconds=run.timeout_seconds,
+        condition=run.condition,
+        status=COMPLETED if done else PENDING,
+        attempts=0,
+        started_at=moment if done else None,
+        completed_at=moment if done else None,
+        output=run.output if done else None,
+        rendered=run.rendered if done else None,
+    )
 
 
 async def _by_key(workflow_id: int, key: str) -> int | None:
@@ -362,7 +477,7 @@ async def apply_change(
 
 
 def _db_value(column: str, value: Any) -> Any:
-    if column == "output" and value is not None:
+    if column in ("output", "rendered", "input") and value is not None:
         return storable_text(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
     if column == "error" and value is not None:
         return storable_text(value)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from models.errors import Invalid
+from models.templates import WHEN_MAX, TemplateFailed, check_when, parameter_references
 
 INT32_MAX = 2**31 - 1
 NAME_MAX = 255
@@ -23,6 +24,8 @@ DESCRIPTION_MAX = 10_000
 PARAMETERS_MAX_BYTES = 64 * 1024
 PARAMETERS_MAX_DEPTH = 32
 MAX_TASKS_PER_WORKFLOW = 1_000
+# An execution's input travels with every announcement of it: bounded like parameters.
+INPUT_MAX_BYTES = 256 * 1024
 MAX_ATTEMPTS_LIMIT = 100
 TIMEOUT_SECONDS_MAX = 7 * 24 * 3600.0
 ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
@@ -34,7 +37,9 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
+def _check_tree(value: Any) -> None:
+    """A JSON value as every store takes it: not too deep, finite numbers, no NUL in text."""
+
     def walk(node: Any, depth: int) -> None:
         if depth > PARAMETERS_MAX_DEPTH:
             raise ValueError(f"must not nest deeper than {PARAMETERS_MAX_DEPTH} levels")
@@ -51,6 +56,10 @@ def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
                 walk(item, depth + 1)
 
     walk(value, 0)
+
+
+def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
+    _check_tree(value)
     if len(json.dumps(value, ensure_ascii=False).encode()) > PARAMETERS_MAX_BYTES:
         raise ValueError(f"must be at most {PARAMETERS_MAX_BYTES} bytes as JSON")
     return value
@@ -81,9 +90,42 @@ def idempotency_key(value: str | None, argument: str) -> str | None:
     return value or None
 
 
+def _check_templates(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        parameter_references(value)
+    except TemplateFailed as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def _check_when(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.strip():
+        raise ValueError("must be an expression, e.g. tasks.check.output.status_code == 200")
+    try:
+        check_when(_no_nul(value))
+    except TemplateFailed as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+def _check_input(value: dict[str, Any]) -> dict[str, Any]:
+    """An execution's input: a JSON object of at most INPUT_MAX_BYTES."""
+    _check_tree(value)
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > INPUT_MAX_BYTES:
+        raise ValueError(f"must be at most {INPUT_MAX_BYTES} bytes as JSON")
+    return value
+
+
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(_no_nul)]
 Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_no_nul)]
-Parameters = Annotated[dict[str, Any], AfterValidator(_check_parameters)]
+Parameters = Annotated[
+    dict[str, Any], AfterValidator(_check_parameters), AfterValidator(_check_templates)
+]
+When = Annotated[str | None, Field(max_length=WHEN_MAX), AfterValidator(_check_when)]
+ExecutionInputObject = Annotated[dict[str, Any], AfterValidator(_check_input)]
 ActionName = Annotated[str, AfterValidator(_check_action)]
 
 
@@ -104,6 +146,8 @@ class TaskCreate(_Input):
     timeout_seconds: float | None = Field(
         default=None, gt=0, le=TIMEOUT_SECONDS_MAX, allow_inf_nan=False
     )
+    # A template expression: the task runs only if it holds when the task would start.
+    when: When = None
 
 
 class WorkflowUpdate(_Input):
@@ -118,3 +162,22 @@ class WorkflowCreate(WorkflowUpdate):
 class Page(_Input):
     skip: int = Field(default=0, ge=0, le=INT32_MAX)
     limit: int = Field(default=100, ge=0, le=1000)
+
+
+class ExecuteRequest(_Input):
+    """What starting an execution takes besides the workflow: its input and idempotency key."""
+
+    input: ExecutionInputObject | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+def execution_input(value: Any, argument: str) -> dict[str, Any] | None:
+    """A client's execution input (a JSON object, or None), checked as ExecuteRequest does."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Invalid(f"Invalid input: {argument}: must be a JSON object")
+    try:
+        return _check_input(value)
+    except ValueError as exc:
+        raise Invalid(f"Invalid input: {argument}: {exc}") from None

@@ -55,6 +55,8 @@ class Task(Model):
     action = fields.CharField(max_length=100, default="noop")
     max_attempts = fields.IntField(default=1)
     timeout_seconds = fields.FloatField(null=True)
+    # `when`: a template expression; the task runs only if it is true when the task would start.
+    condition = fields.TextField(null=True)
 
     class Meta:
         table = "tasks"
@@ -81,6 +83,13 @@ class Execution(Model):
     # Bumped by every state change, in the same transaction; events carry it, so that a watcher
     # can tell an old announcement from a new one.
     version = fields.IntField(default=0)
+    # The JSON object the execution was started with (templates read it as `input`).
+    input = JSONTextField(null=True)
+    # Who started it: an API key's name, `schedule:<id>`, `trigger:<id>`; null: `anonymous`.
+    triggered_by = fields.CharField(max_length=300, null=True)
+    # The failed or cancelled execution this one retries. A plain id, not a foreign key: the
+    # retried execution may be deleted later, and the retry's history keeps the number.
+    retry_of = fields.IntField(null=True)
 
     task_runs: fields.ReverseRelation[TaskRun]
 
@@ -116,6 +125,10 @@ class TaskRun(Model):
     completed_at = fields.DatetimeField(null=True)
     output = JSONTextField(null=True)
     error = fields.TextField(null=True)
+    condition = fields.TextField(null=True)
+    # The parameters as the action received them (templates rendered), once the task started
+    # with templates; `parameters` keeps them as written, which a retry renders again.
+    rendered = JSONTextField(null=True)
 
     class Meta:
         table = "task_runs"

@@ -8,15 +8,19 @@ want objects. Writes commit in one transaction, then invalidate the cache.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
 from models.cache import current_cache
-from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, NotFound
+from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, Invalid, NotFound
 from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.stages import stages
 from models.tables import Task, Workflow
+from models.templates import check_when, has_templates, parameter_references
 
 # Cache groups: one per workflow, one for every page of the list.
 LIST_GROUP = "workflows"
@@ -39,7 +43,7 @@ def dumps(value: Any) -> bytes:
 
 
 def task_dict(task: Task) -> dict[str, Any]:
-    return {
+    row = {
         "name": task.name,
         "description": task.description,
         "order": task.order,
@@ -51,6 +55,10 @@ def task_dict(task: Task) -> dict[str, Any]:
         "id": task.id,
         "workflow_id": task.workflow_id,
     }
+    # Only when set: a task without one answers byte for byte as the original service did.
+    if task.condition is not None:
+        row["when"] = task.condition
+    return row
 
 
 def workflow_dict(workflow: Workflow, tasks: list[Task]) -> dict[str, Any]:
@@ -137,14 +145,52 @@ async def _invalidate(workflow_id: int) -> None:
 
 
 def _task_fields(data: TaskCreate) -> dict[str, Any]:
-    return data.model_dump()
+    fields = data.model_dump()
+    fields["condition"] = fields.pop("when")
+    return fields
+
+
+async def _check_references(workflow_id: int, connection: BaseDBAsyncClient) -> None:
+    """Every template of the workflow's tasks names only tasks of earlier stages, by a name no
+    other task of the workflow has. Raises Invalid (the caller's transaction rolls back)."""
+    tasks = await Task.filter(workflow_id=workflow_id).using_db(connection)
+    if not any(task.condition or has_templates(task.parameters) for task in tasks):
+        return
+    names = Counter(task.name for task in tasks)
+    earlier: set[str] = set()
+    for stage in stages(tasks, lambda t: (t.order, t.id), lambda t: t.execution_type == "async"):
+        for task in stage:
+            found = dict(parameter_references(task.parameters))
+            if task.condition:
+                found["when"] = check_when(task.condition)
+            for where, referenced in found.items():
+                for name in sorted(referenced):
+                    problem = None
+                    if names[name] > 1:
+                        problem = f"{names[name]} tasks of this workflow are named {name!r}"
+                    elif name not in earlier:
+                        problem = f"no task named {name!r} runs in an earlier stage"
+                    if problem is not None:
+                        field = "when" if where == "when" else f"parameters.{where}"
+                        raise Invalid(
+                            f"Invalid input: task {task.name!r}: {field}: template: {problem}",
+                            [
+                                {
+                                    "loc": ["body", "tasks", task.name, *field.split(".")],
+                                    "msg": f"template: {problem}",
+                                    "type": "value_error",
+                                }
+                            ],
+                        )
+        earlier |= {task.name for task in stage}
 
 
 async def create_workflow(data: WorkflowCreate) -> dict[str, Any]:
-    async with in_transaction("default"):
+    async with in_transaction("default") as connection:
         workflow = await Workflow.create(name=data.name, description=data.description)
         for task in data.tasks:
             await Task.create(workflow_id=workflow.id, **_task_fields(task))
+        await _check_references(workflow.id, connection)
     await _invalidate(workflow.id)
     return await get_workflow(workflow.id)
 
@@ -155,7 +201,7 @@ async def update_workflow(
     """Set name and description; with `tasks`, replace the task list too, in one transaction."""
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    async with in_transaction("default"):
+    async with in_transaction("default") as connection:
         workflow = await Workflow.filter(id=workflow_id).select_for_update().first()
         if workflow is None:
             raise NotFound(WORKFLOW_NOT_FOUND)
@@ -165,6 +211,7 @@ async def update_workflow(
             await Task.filter(workflow_id=workflow_id).delete()
             for task in tasks:
                 await Task.create(workflow_id=workflow_id, **_task_fields(task))
+            await _check_references(workflow_id, connection)
     await _invalidate(workflow_id)
     return await get_workflow(workflow_id)
 
@@ -183,10 +230,11 @@ async def delete_workflow(workflow_id: int) -> None:
 async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    async with in_transaction("default"):
+    async with in_transaction("default") as connection:
         if not await Workflow.filter(id=workflow_id).exists():
             raise NotFound(WORKFLOW_NOT_FOUND)
         task = await Task.create(workflow_id=workflow_id, **_task_fields(data))
+        await _check_references(workflow_id, connection)
     await _invalidate(workflow_id)
     return task_dict(task)
 
@@ -194,12 +242,13 @@ async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
 async def update_task(workflow_id: int, task_id: int, data: TaskCreate) -> dict[str, Any]:
     if not (_valid_id(workflow_id) and _valid_id(task_id)):
         raise NotFound(TASK_NOT_FOUND)
-    async with in_transaction("default"):
+    async with in_transaction("default") as connection:
         task = await Task.filter(id=task_id, workflow_id=workflow_id).select_for_update().first()
         if task is None:
             raise NotFound(TASK_NOT_FOUND)
         task.update_from_dict(_task_fields(data))
         await task.save()
+        await _check_references(workflow_id, connection)
     await _invalidate(workflow_id)
     return task_dict(task)
 

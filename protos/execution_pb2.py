@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/execution.proto\x12\texecution\"F\n\x16\x45xecuteWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"?\n\x17\x45xecuteWorkflowResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\"0\n\x18GetWorkflowStatusRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\".\n\x16\x43\x61ncelExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\"\xb2\x01\n\x16WorkflowStatusResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x05 \x01(\t\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.execution.TaskStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xaa\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05order\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x13\n\x0boutput_json\x18\t \x01(\t2\xff\x02\n\x11WorkflowExecution\x12X\n\x0f\x45xecuteWorkflow\x12!.execution.ExecuteWorkflowRequest\x1a\".execution.ExecuteWorkflowResponse\x12[\n\x11GetWorkflowStatus\x12#.execution.GetWorkflowStatusRequest\x1a!.execution.WorkflowStatusResponse\x12Z\n\x0eWatchExecution\x12#.execution.GetWorkflowStatusRequest\x1a!.execution.WorkflowStatusResponse0\x01\x12W\n\x0f\x43\x61ncelExecution\x12!.execution.CancelExecutionRequest\x1a!.execution.WorkflowStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/execution.proto\x12\texecution\"Z\n\x16\x45xecuteWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x12\n\ninput_json\x18\x03 \x01(\t\"?\n\x17\x45xecuteWorkflowResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\"0\n\x18GetWorkflowStatusRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\".\n\x16\x43\x61ncelExecutionRequest\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\"\x83\x02\n\x16WorkflowStatusResponse\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\x05\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\x05\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x05 \x01(\t\x12$\n\x05tasks\x18\x06 \x03(\x0b\x32\x15.execution.TaskStatus\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x13\n\x0boutput_json\x18\x08 \x01(\t\x12\x12\n\ninput_json\x18\t \x01(\t\x12\x14\n\x0ctriggered_by\x18\n \x01(\t\x12\x10\n\x08retry_of\x18\x0b \x01(\x05\"\xc3\x01\n\nTaskStatus\x12\x0f\n\x07task_id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05order\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x12\n\nstarted_at\x18\x06 \x01(\t\x12\x14\n\x0c\x63ompleted_at\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x13\n\x0boutput_json\x18\t \x01(\t\x12\x17\n\x0fparameters_json\x18\n \x01(\t2\xda\x03\n\x11WorkflowExecution\x12X\n\x0f\x45xecuteWorkflow\x12!.execution.ExecuteWorkflowRequest\x1a\".execution.ExecuteWorkflowResponse\x12[\n\x11GetWorkflowStatus\x12#.execution.GetWorkflowStatusRequest\x1a!.execution.WorkflowStatusResponse\x12Z\n\x0eWatchExecution\x12#.execution.GetWorkflowStatusRequest\x1a!.execution.WorkflowStatusResponse0\x01\x12W\n\x0f\x43\x61ncelExecution\x12!.execution.CancelExecutionRequest\x1a!.execution.WorkflowStatusResponse\x12Y\n\x0eRetryExecution\x12#.execution.GetWorkflowStatusRequest\x1a\".execution.ExecuteWorkflowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,17 +32,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.execution_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEWORKFLOWREQUEST']._serialized_start=37
-  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=107
-  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_start=109
-  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_end=172
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=174
-  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=222
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=224
-  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=270
-  _globals['_WORKFLOWSTATUSRESPONSE']._serialized_start=273
-  _globals['_WORKFLOWSTATUSRESPONSE']._serialized_end=451
-  _globals['_TASKSTATUS']._serialized_start=454
-  _globals['_TASKSTATUS']._serialized_end=624
-  _globals['_WORKFLOWEXECUTION']._serialized_start=627
-  _globals['_WORKFLOWEXECUTION']._serialized_end=1010
+  _globals['_EXECUTEWORKFLOWREQUEST']._serialized_end=127
+  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_start=129
+  _globals['_EXECUTEWORKFLOWRESPONSE']._serialized_end=192
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_start=194
+  _globals['_GETWORKFLOWSTATUSREQUEST']._serialized_end=242
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_start=244
+  _globals['_CANCELEXECUTIONREQUEST']._serialized_end=290
+  _globals['_WORKFLOWSTATUSRESPONSE']._serialized_start=293
+  _globals['_WORKFLOWSTATUSRESPONSE']._serialized_end=552
+  _globals['_TASKSTATUS']._serialized_start=555
+  _globals['_TASKSTATUS']._serialized_end=750
+  _globals['_WORKFLOWEXECUTION']._serialized_start=753
+  _globals['_WORKFLOWEXECUTION']._serialized_end=1227
 # @@protoc_insertion_point(module_scope)

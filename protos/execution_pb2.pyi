@@ -27,18 +27,22 @@ class ExecuteWorkflowRequest(_message.Message):
 
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.int
     idempotency_key: _builtins.str
     """new: a key seen before for this workflow returns the first execution, not a new one."""
+    input_json: _builtins.str
+    """new: the execution's input, a JSON object as text; "" for none."""
     def __init__(
         self,
         *,
         workflow_id: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        input_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "input_json", b"input_json", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -115,6 +119,10 @@ class WorkflowStatusResponse(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    OUTPUT_JSON_FIELD_NUMBER: _builtins.int
+    INPUT_JSON_FIELD_NUMBER: _builtins.int
+    TRIGGERED_BY_FIELD_NUMBER: _builtins.int
+    RETRY_OF_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.int
     workflow_id: _builtins.int
     status: _builtins.str
@@ -123,6 +131,14 @@ class WorkflowStatusResponse(_message.Message):
     """ISO 8601; "" when unset"""
     completed_at: _builtins.str
     error: _builtins.str
+    output_json: _builtins.str
+    """new: {task name: output} of the completed tasks, as JSON"""
+    input_json: _builtins.str
+    """new: the execution's input as JSON; "" when it had none"""
+    triggered_by: _builtins.str
+    """new: who started it (a key's name, schedule:<id>, trigger:<id>, anonymous)"""
+    retry_of: _builtins.int
+    """new: the execution this one retries; 0 when none"""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatus]: ...
     def __init__(
@@ -135,10 +151,14 @@ class WorkflowStatusResponse(_message.Message):
         completed_at: _builtins.str = ...,
         tasks: _abc.Iterable[Global___TaskStatus] | None = ...,
         error: _builtins.str = ...,
+        output_json: _builtins.str = ...,
+        input_json: _builtins.str = ...,
+        triggered_by: _builtins.str = ...,
+        retry_of: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "execution_id", b"execution_id", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "execution_id", b"execution_id", "input_json", b"input_json", "output_json", b"output_json", "retry_of", b"retry_of", "started_at", b"started_at", "status", b"status", "tasks", b"tasks", "triggered_by", b"triggered_by", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,6 +177,7 @@ class TaskStatus(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     OUTPUT_JSON_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     name: _builtins.str
     order: _builtins.int
@@ -168,6 +189,10 @@ class TaskStatus(_message.Message):
     error: _builtins.str
     output_json: _builtins.str
     """the action's output as JSON; "" when there is none"""
+    parameters_json: _builtins.str
+    """new: the parameters as the action received them (templates rendered) once the task
+    started, as written before; as JSON
+    """
     def __init__(
         self,
         *,
@@ -180,10 +205,11 @@ class TaskStatus(_message.Message):
         completed_at: _builtins.str = ...,
         error: _builtins.str = ...,
         output_json: _builtins.str = ...,
+        parameters_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "error", b"error", "name", b"name", "order", b"order", "output_json", b"output_json", "started_at", b"started_at", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "completed_at", b"completed_at", "error", b"error", "name", b"name", "order", b"order", "output_json", b"output_json", "parameters_json", b"parameters_json", "started_at", b"started_at", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,11 @@ class WorkflowExecutionStub:
                 request_serializer=protos_dot_execution__pb2.CancelExecutionRequest.SerializeToString,
                 response_deserializer=protos_dot_execution__pb2.WorkflowStatusResponse.FromString,
                 _registered_method=True)
+        self.RetryExecution = channel.unary_unary(
+                '/execution.WorkflowExecution/RetryExecution',
+                request_serializer=protos_dot_execution__pb2.GetWorkflowStatusRequest.SerializeToString,
+                response_deserializer=protos_dot_execution__pb2.ExecuteWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowExecutionServicer:
@@ -87,6 +92,15 @@ class WorkflowExecutionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryExecution(self, request, context):
+        """new: a new execution of a failed or cancelled one, on its snapshot and input; the tasks
+        that completed there are completed at once (same outputs) and not run again.
+        FAILED_PRECONDITION for an execution in any other status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowExecutionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +123,11 @@ def add_WorkflowExecutionServicer_to_server(servicer, server):
                     servicer.CancelExecution,
                     request_deserializer=protos_dot_execution__pb2.CancelExecutionRequest.FromString,
                     response_serializer=protos_dot_execution__pb2.WorkflowStatusResponse.SerializeToString,
+            ),
+            'RetryExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryExecution,
+                    request_deserializer=protos_dot_execution__pb2.GetWorkflowStatusRequest.FromString,
+                    response_serializer=protos_dot_execution__pb2.ExecuteWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +238,33 @@ class WorkflowExecution:
             '/execution.WorkflowExecution/CancelExecution',
             protos_dot_execution__pb2.CancelExecutionRequest.SerializeToString,
             protos_dot_execution__pb2.WorkflowStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/execution.WorkflowExecution/RetryExecution',
+            protos_dot_execution__pb2.GetWorkflowStatusRequest.SerializeToString,
+            protos_dot_execution__pb2.ExecuteWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,11 @@ class WorkflowExecutionStub:
     """new: the current state, then one message per change; ends after the terminal one."""
     CancelExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse]
     """new: stop the running tasks and mark the execution "cancelled"."""
+    RetryExecution: _grpc.UnaryUnaryMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.ExecuteWorkflowResponse]
+    """new: a new execution of a failed or cancelled one, on its snapshot and input; the tasks
+    that completed there are completed at once (same outputs) and not run again.
+    FAILED_PRECONDITION for an execution in any other status.
+    """
 
 @_typing.type_check_only
 class WorkflowExecutionAsyncStub(WorkflowExecutionStub):
@@ -54,6 +59,11 @@ class WorkflowExecutionAsyncStub(WorkflowExecutionStub):
     """new: the current state, then one message per change; ends after the terminal one."""
     CancelExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.CancelExecutionRequest, _execution_pb2.WorkflowStatusResponse]  # type: ignore[assignment]
     """new: stop the running tasks and mark the execution "cancelled"."""
+    RetryExecution: _aio.UnaryUnaryMultiCallable[_execution_pb2.GetWorkflowStatusRequest, _execution_pb2.ExecuteWorkflowResponse]  # type: ignore[assignment]
+    """new: a new execution of a failed or cancelled one, on its snapshot and input; the tasks
+    that completed there are completed at once (same outputs) and not run again.
+    FAILED_PRECONDITION for an execution in any other status.
+    """
 
 class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +97,16 @@ class WorkflowExecutionServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_execution_pb2.WorkflowStatusResponse, _abc.Awaitable[_execution_pb2.WorkflowStatusResponse]]:
         """new: stop the running tasks and mark the execution "cancelled"."""
+
+    @_abc_1.abstractmethod
+    def RetryExecution(
+        self,
+        request: _execution_pb2.GetWorkflowStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_execution_pb2.ExecuteWorkflowResponse, _abc.Awaitable[_execution_pb2.ExecuteWorkflowResponse]]:
+        """new: a new execution of a failed or cancelled one, on its snapshot and input; the tasks
+        that completed there are completed at once (same outputs) and not run again.
+        FAILED_PRECONDITION for an execution in any other status.
+        """
 
 def add_WorkflowExecutionServicer_to_server(servicer: WorkflowExecutionServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -393,6 +393,11 @@ async def test_rest_execution_routes(
         "completed_at",
         "error",
         "tasks",
+        # Version 2 (contract section 9), after the first seven.
+        "input",
+        "output",
+        "triggered_by",
+        "retry_of",
     ]
     assert list(execution["tasks"][0]) == [
         "task_id",
@@ -404,6 +409,7 @@ async def test_rest_execution_routes(
         "completed_at",
         "output",
         "error",
+        "parameters",
     ]
     await wait_until_done(stub, execution["id"])
     shown = (await client.get(f"/executions/{execution['id']}")).json()

@@ -83,6 +83,12 @@ def test_the_proto_is_the_contract() -> None:
             ".execution.WorkflowStatusResponse",
             False,
         ),
+        # Version 2: new RPCs beside the original ones.
+        "RetryExecution": (
+            ".execution.GetWorkflowStatusRequest",
+            ".execution.ExecuteWorkflowResponse",
+            False,
+        ),
     }
     fields = {
         message.name: [(f.name, f.number, f.type, f.label) for f in message.field]
@@ -94,6 +100,7 @@ def test_the_proto_is_the_contract() -> None:
     assert fields["ExecuteWorkflowRequest"] == [
         ("workflow_id", 1, i32, one),
         ("idempotency_key", 2, string, one),
+        ("input_json", 3, string, one),
     ]
     assert fields["ExecuteWorkflowResponse"] == [
         ("execution_id", 1, i32, one),
@@ -109,6 +116,10 @@ def test_the_proto_is_the_contract() -> None:
         ("completed_at", 5, string, one),
         ("tasks", 6, message, many),
         ("error", 7, string, one),
+        ("output_json", 8, string, one),
+        ("input_json", 9, string, one),
+        ("triggered_by", 10, string, one),
+        ("retry_of", 11, i32, one),
     ]
     assert fields["TaskStatus"] == [
         ("task_id", 1, i32, one),
@@ -120,6 +131,7 @@ def test_the_proto_is_the_contract() -> None:
         ("completed_at", 7, string, one),
         ("error", 8, string, one),
         ("output_json", 9, string, one),
+        ("parameters_json", 10, string, one),
     ]
 
 
@@ -157,11 +169,12 @@ def test_a_watch_rebuilds_only_the_task_entries_that_changed() -> None:
     def run(task_id: int, **values: Any) -> dict[str, Any]:
         base = {"task_id": task_id, "name": f"t{task_id}", "order": task_id, "status": "pending"}
         base |= {"attempts": 0, "started_at": None, "completed_at": None, "error": None}
-        return base | {"output": None} | values
+        return base | {"output": None, "parameters": {}} | values
 
     def snapshot(*runs: dict[str, Any]) -> dict[str, Any]:
         execution = {"id": 7, "workflow_id": 3, "status": "in_progress", "started_at": "s"}
-        return execution | {"completed_at": None, "error": None, "tasks": list(runs)}
+        execution |= {"completed_at": None, "error": None, "tasks": list(runs)}
+        return execution | {"input": None, "triggered_by": "anonymous", "retry_of": None}
 
     entries = TaskStatuses()
     first = snapshot(run(1, status="running", attempts=1), run(2))

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 PROJECT = "workflow-engine"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;]+)")
+# uv's note under a pin that pyproject.toml asks for it (alone, or among other reasons).
+OURS = re.compile(rf"#\s+(via\s+)?{PROJECT} \(pyproject\.toml\)")
 
 
 def declared() -> list[Requirement]:
@@ -42,7 +44,7 @@ def locked() -> tuple[dict[str, Version], set[str]]:
             current = canonicalize_name(pin.group(1))
             assert current not in pins, f"{current} is pinned twice"
             pins[current] = Version(pin.group(2))
-        elif current is not None and re.search(rf"#\s+(via\s+)?{PROJECT} \(pyproject\.toml\)", line):
+        elif current is not None and OURS.search(line):
             direct.add(current)
     return pins, direct
 
