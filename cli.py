@@ -28,6 +28,20 @@ class ApiError(Exception):
         super().__init__(f"API Error ({status}): {detail}")
 
 
+class UsageError(Exception):
+    """A mistake in the command line itself (caught before any request is sent)."""
+
+
+def _json_object(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object, e.g. '{{\"key\": 1}}'")
+    return value
+
+
 def _api_url() -> str:
     return (os.environ.get("REST_API_URL") or DEFAULT_REST_API_URL).rstrip("/")
 
@@ -140,10 +154,38 @@ def _grpc_call(call: Callable[[Any], Any]) -> Any:
 def _execute(args: argparse.Namespace) -> None:
     from protos import execution_pb2
 
-    request = execution_pb2.ExecuteWorkflowRequest(workflow_id=args.workflow_id)
+    input_json = ""
+    if args.input is not None:
+        input_json = json.dumps(_json_object(args.input, "--input"), ensure_ascii=False)
+    request = execution_pb2.ExecuteWorkflowRequest(
+        workflow_id=args.workflow_id, input_json=input_json
+    )
     response = _grpc_call(lambda stub: stub.ExecuteWorkflow(request, timeout=REQUEST_TIMEOUT))
     print(f"Execution started with ID: {response.execution_id}")
     print(f"Status: {response.status}")
+
+
+def _retry(args: argparse.Namespace) -> None:
+    from protos import execution_pb2
+
+    request = execution_pb2.GetWorkflowStatusRequest(execution_id=args.execution_id)
+    response = _grpc_call(lambda stub: stub.RetryExecution(request, timeout=REQUEST_TIMEOUT))
+    print(f"Execution started with ID: {response.execution_id}")
+    print(f"Status: {response.status}")
+    print(f"Retry of: {args.execution_id}")
+
+
+def _cancel(args: argparse.Namespace) -> None:
+    from protos import execution_pb2
+
+    request = execution_pb2.CancelExecutionRequest(execution_id=args.execution_id)
+    response = _grpc_call(lambda stub: stub.CancelExecution(request, timeout=REQUEST_TIMEOUT))
+    _print_status(response)
+
+
+def _executions(args: argparse.Namespace) -> None:
+    params = {"skip": args.skip, "limit": args.limit}
+    _print_json(_request("GET", f"/workflows/{args.workflow_id}/executions", params=params))
 
 
 def _status(args: argparse.Namespace) -> None:
@@ -151,12 +193,24 @@ def _status(args: argparse.Namespace) -> None:
 
     request = execution_pb2.GetWorkflowStatusRequest(execution_id=args.execution_id)
     response = _grpc_call(lambda stub: stub.GetWorkflowStatus(request, timeout=REQUEST_TIMEOUT))
+    _print_status(response)
+
+
+def _print_status(response: Any) -> None:
+    """The original service's lines, then one line per task (with its error, if any)."""
     print(f"Execution ID: {response.execution_id}")
     print(f"Workflow ID: {response.workflow_id}")
     print(f"Status: {response.status}")
     print(f"Started at: {response.started_at}")
     if response.completed_at:
         print(f"Completed at: {response.completed_at}")
+    if response.error:
+        print(f"Error: {response.error}")
+    if response.tasks:
+        print("Tasks:")
+    for task in response.tasks:
+        line = f"  [{task.order}] {task.name}: {task.status}, attempts {task.attempts}"
+        print(line + (f": {task.error}" if task.error else ""))
 
 
 def _progress_table(response: Any) -> Any:
@@ -213,17 +267,22 @@ def _get(args: argparse.Namespace) -> None:
 
 
 def _add_task(args: argparse.Namespace) -> None:
-    try:
-        parameters = json.loads(args.params)
-    except json.JSONDecodeError as exc:
-        raise ApiError(0, f"--params is not valid JSON: {exc}") from None
-    body = {
+    body: dict[str, Any] = {
         "name": args.name,
         "description": args.description,
         "order": args.order,
         "execution_type": args.type,
-        "parameters": parameters,
+        "parameters": _json_object(args.params, "--params"),
     }
+    # Sent only when given, so that the server's defaults stay the defaults.
+    for option, field in (
+        ("action", "action"),
+        ("max_attempts", "max_attempts"),
+        ("timeout", "timeout_seconds"),
+        ("when", "when"),
+    ):
+        if getattr(args, option) is not None:
+            body[field] = getattr(args, option)
     _print_json(_request("POST", f"/workflows/{args.workflow_id}/tasks/", json=body))
 
 
@@ -287,12 +346,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.add_argument("--order", type=int, required=True)
     add_task.add_argument("--description", default=None)
     add_task.add_argument("--type", choices=["sync", "async"], default="sync")
-    add_task.add_argument("--params", default="{}", help="task parameters as a JSON object")
+    add_task.add_argument(
+        "--params",
+        default="{}",
+        help="task parameters as a JSON object; strings may hold {{ templates }}",
+    )
+    add_task.add_argument("--action", default=None, help="the action to run (default noop)")
+    add_task.add_argument(
+        "--max-attempts", type=int, default=None, help="attempts before it fails (default 1)"
+    )
+    add_task.add_argument("--timeout", type=float, default=None, help="seconds per attempt")
+    add_task.add_argument(
+        "--when",
+        default=None,
+        help="run only if this expression holds, e.g. 'tasks.check.output.status_code == 200'",
+    )
     add_task.set_defaults(handler=_add_task)
 
     execute = commands.add_parser("execute", help="start an execution of a workflow")
     execute.add_argument("workflow_id", type=int)
+    execute.add_argument(
+        "--input", default=None, help="the execution's input, a JSON object (templates: input)"
+    )
     execute.set_defaults(handler=_execute)
+
+    retry = commands.add_parser(
+        "retry", help="run a failed or cancelled execution again from where it failed"
+    )
+    retry.add_argument("execution_id", type=int)
+    retry.set_defaults(handler=_retry)
+
+    cancel = commands.add_parser("cancel", help="stop an execution and mark it cancelled")
+    cancel.add_argument("execution_id", type=int)
+    cancel.set_defaults(handler=_cancel)
+
+    executions = commands.add_parser(
+        "executions", help="list a workflow's executions, newest first"
+    )
+    executions.add_argument("workflow_id", type=int)
+    executions.add_argument("--skip", type=int, default=0)
+    executions.add_argument("--limit", type=int, default=20)
+    executions.set_defaults(handler=_executions)
 
     status = commands.add_parser("status", help="show an execution's status")
     status.add_argument("execution_id", type=int)
@@ -318,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # On stdout, as the original CLI printed it: scripts parse it there.
         print(f"Error: {exc}")
         sys.exit(1)
+    except UsageError as exc:
+        print(f"Error: {exc}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,13 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             raise TemplateError("format widths are limited to four digits")
         return super().call_binop(context, operator, left, right)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # JSON first: `input.items` is the input's "items", not the dict's method (Jinja looks
+        # for an attribute before an item, which suits Python objects, not JSON data).
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapped = super().wrap_str_format(value)
         if wrapped is not None and _WIDE_FORMAT.search(value.__self__):
@@ -164,15 +171,17 @@ def _strings(
 def _check_names(tree: nodes.Node) -> set[str]:
     """The task names the tree refers to; raises TemplateError for an unknown variable."""
     known = NAMES | set(ENVIRONMENT.globals)
-    # find_all yields what is below the node: a bare `{{ name }}` is the tree itself.
-    names = [tree] if isinstance(tree, nodes.Name) else []
-    for name in [*names, *tree.find_all(nodes.Name)]:
-        if name.ctx == "load" and name.name not in known:
+    # find_all yields what is below the node: in `{{ tasks.a }}` the tree is the Getattr itself.
+    every = [tree, *tree.find_all(nodes.Node)]
+    for name in every:
+        if isinstance(name, nodes.Name) and name.ctx == "load" and name.name not in known:
             allowed = ", ".join(sorted(NAMES))
             raise TemplateError(f"unknown name {name.name!r} (templates know {allowed})")
     referenced: set[str] = set()
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node  # type: ignore[attr-defined]
+    for node in every:
+        if not isinstance(node, nodes.Getattr | nodes.Getitem):
+            continue
+        target = node.node
         if not (isinstance(target, nodes.Name) and target.name == "tasks"):
             continue
         if isinstance(node, nodes.Getattr):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 from exec_service.actions.builtin import UnknownAction, http, noop
+from exec_service.actions.echo import echo
 from exec_service.types import Action
 
 ENTRY_POINT_GROUP = "workflow.actions"
-BUILTIN: dict[str, Action] = {"noop": noop, "http": http}
+BUILTIN: dict[str, Action] = {"noop": noop, "http": http, "echo": echo}
 
 _loaded: dict[str, Action] | None = None
 
