@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live_server import REPO, LiveServer, free_port, live_server
+from tests.live_server import REPO, LiveServer, free_port, live_server, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,13 @@ def test_api_errors_print_the_original_message_and_exit_1(server: LiveServer) ->
     assert missing.returncode == 1
     assert missing.stdout.strip() == "Error: API Error (404): Workflow not found"
 
+    # A mistake on the command line is told as one (exit 2), not as an error of the API.
     bad = run_cli(server.url, "add-task", "1", "t", "--order", "1", "--params", "{nope")
-    assert bad.returncode == 1
-    assert bad.stdout.startswith("Error: ")
+    assert bad.returncode == 2
+    assert bad.stdout.startswith("Error: --params is not valid JSON: ")
+    listed = run_cli(server.url, "execute", "1", "--input", "[1]")
+    assert listed.returncode == 2
+    assert listed.stdout.startswith("Error: --input must be a JSON object")
 
 
 def test_validation_errors_are_reported(server: LiveServer) -> None:
@@ -109,6 +113,9 @@ def test_no_command_prints_help() -> None:
         "execute",
         "status",
         "watch",
+        "retry",
+        "cancel",
+        "executions",
     ):
         assert command in result.stdout
 
@@ -159,8 +166,10 @@ def test_execute_status_and_watch(server: LiveServer) -> None:
 
     status = run_grpc_cli(server, "status", execution_id)
     assert status.returncode == 0
-    labels = [line.split(":", 1)[0] for line in status.stdout.splitlines()]
+    lines = status.stdout.splitlines()
+    labels = [line.split(":", 1)[0] for line in lines[:5]]
     assert labels == ["Execution ID", "Workflow ID", "Status", "Started at", "Completed at"]
+    assert lines[5:] == ["Tasks:", "  [1] step: completed, attempts 1"]  # new: each task
     assert f"Workflow ID: {workflow_id}" in status.stdout
     assert "Status: completed" in status.stdout
 
@@ -181,3 +190,53 @@ def test_grpc_commands_report_errors(server: LiveServer) -> None:
     invalid = run_grpc_cli(server, "execute", "0")
     assert invalid.returncode == 1
     assert invalid.stdout.startswith("Error: API Error (INVALID_ARGUMENT): ")
+
+
+def test_input_templates_retry_cancel_and_executions(server: LiveServer) -> None:
+    workflow = json.loads(run_cli(server.url, "create", "automation").stdout)
+    workflow_id = str(workflow["id"])
+    steps = [
+        ("first", "1", ["--action", "echo", "--params", '{"v": "{{ input.v }}"}']),
+        ("gate", "2", ["--params", '{"duration": 0}', "--when", "tasks.first.output.v > 1"]),
+        ("slow", "3", ["--params", '{"duration": 30}', "--max-attempts", "2", "--timeout", "60"]),
+    ]
+    for name, order, extra in steps:
+        added = run_cli(server.url, "add-task", workflow_id, name, "--order", order, *extra)
+        assert added.returncode == 0, added.stdout
+    task = json.loads(added.stdout)
+    assert (task["max_attempts"], task["timeout_seconds"]) == (2, 60.0)
+
+    started = run_grpc_cli(server, "execute", workflow_id, "--input", '{"v": 1}')
+    assert started.returncode == 0, started.stdout + started.stderr
+    execution_id = started.stdout.splitlines()[0].rsplit(" ", 1)[1]
+    wait_for(
+        lambda: "[3] slow: running" in run_grpc_cli(server, "status", execution_id).stdout,
+        30,
+        "the slow task to start",
+    )
+    cancelled = run_grpc_cli(server, "cancel", execution_id)
+    assert cancelled.returncode == 0, cancelled.stdout
+    assert "Status: cancelled" in cancelled.stdout
+    status = run_grpc_cli(server, "status", execution_id).stdout.splitlines()
+    assert status[5:] == [
+        "Tasks:",
+        "  [1] first: completed, attempts 1",
+        "  [2] gate: skipped, attempts 0",
+        "  [3] slow: cancelled, attempts 1",
+    ]
+
+    retried = run_grpc_cli(server, "retry", execution_id)
+    assert retried.returncode == 0, retried.stdout
+    lines = retried.stdout.splitlines()
+    assert lines[1:] == ["Status: in_progress", f"Retry of: {execution_id}"]
+    retry_id = lines[0].rsplit(" ", 1)[1]
+    runs = json.loads(run_cli(server.url, "executions", workflow_id).stdout)
+    assert [run["id"] for run in runs] == [int(retry_id), int(execution_id)]
+    assert runs[0]["retry_of"] == int(execution_id)
+    assert runs[0]["input"] == {"v": 1}
+    assert run_grpc_cli(server, "cancel", retry_id).returncode == 0
+    again = run_grpc_cli(server, "retry", retry_id)
+    assert again.returncode == 0  # a cancelled retry may be retried again
+    run_grpc_cli(server, "cancel", again.stdout.splitlines()[0].rsplit(" ", 1)[1])
+    done = run_grpc_cli(server, "retry", "2147483000")
+    assert done.stdout.strip() == "Error: API Error (NOT_FOUND): Execution not found"

@@ -22,7 +22,12 @@ from tests.recorder import Recorder, recorder
 from tests.services import fresh_postgres_database, redis_namespace
 
 # Short leases so that a restarted process takes over quickly.
-ENV = {"WORKFLOW_LEASE_SECONDS": "1.5", "WORKFLOW_RETRY_BASE_SECONDS": "0.05"}
+ENV = {
+    "WORKFLOW_LEASE_SECONDS": "1.5",
+    "WORKFLOW_RETRY_BASE_SECONDS": "0.05",
+    # The http tasks call the recorder on this machine.
+    "WORKFLOW_HTTP_ALLOW": "127.0.0.1",
+}
 WORKFLOWS = 4
 TASKS = 5
 TASK_SECONDS = 0.3
@@ -143,3 +148,47 @@ def test_a_killed_server_loses_nothing(server_env: dict[str, str], signal_name: 
         for task in execution["tasks"]:
             assert task["status"] == "completed"
             assert record.count(label(index[execution_id], task["name"], signal_name)) >= 1
+
+
+@pytest.mark.slow
+def test_a_take_over_renders_templates_from_the_committed_outputs(
+    server_env: dict[str, str],
+) -> None:
+    """Killed between two tasks of a templated workflow: the task after the kill gets the
+    output the first task committed before it, and the first task does not run again."""
+    with recorder() as record:
+        fetch = record.url("fetch")
+        base = fetch.split("/hit/")[0]
+        used = f"{base}/hit/{{{{ tasks.fetch.output.body.label }}}}-used-{{{{ input.n }}}}"
+        tasks = [
+            {"name": "fetch", "order": 1, "action": "http", "parameters": {"url": fetch}},
+            {"name": "pause", "order": 2, "parameters": {"duration": 3}},
+            {"name": "use", "order": 3, "action": "http", "parameters": {"url": used}},
+        ]
+        with start(server_env) as first:
+            created = httpx.post(f"{first.url}/workflows/", json={"name": "t", "tasks": tasks})
+            assert created.status_code == 200, created.text
+            workflow_id = created.json()["id"]
+            started = httpx.post(
+                f"{first.url}/workflows/{workflow_id}/execute", json={"input": {"n": 7}}
+            )
+            execution_id = started.json()["id"]
+
+            def between() -> bool:
+                runs = states(first, [execution_id])[execution_id]["tasks"]
+                return [run["status"] for run in runs] == ["completed", "running", "pending"]
+
+            wait_for(between, 30, "the pause between the two http tasks")
+            first.process.kill()
+            first.process.wait(timeout=15)
+        with start(server_env) as second:
+            wait_for(
+                lambda: states(second, [execution_id])[execution_id]["status"] == "completed",
+                60,
+                "the execution to complete after the restart",
+            )
+            final = states(second, [execution_id])[execution_id]
+    assert record.count("fetch") == 1
+    assert record.count("fetch-used-7") == 1
+    assert final["tasks"][2]["parameters"] == {"url": f"{base}/hit/fetch-used-7"}
+    assert final["output"]["use"]["body"] == {"label": "fetch-used-7", "hit": 1}
