@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_execution.py [--backend postgres-redis|sqlite]
         [--executor asyncio|saq|ray] [--workers 1 2 4] [--seconds 10] [--raw-saq] [--repeat 1]
+        [--templates off|on|both]
 
 Starts the servers as subprocesses on a fresh database and drives them over gRPC from this
 process, as a client would: for `asyncio`, `workflow serve`; for `saq`, `workflow grpc
@@ -16,6 +17,10 @@ nothing, 3,000 jobs enqueued at once and timed until all are done. Prints:
       flight for --seconds;
   (c) p50 and p99 from ExecuteWorkflow to `completed` for a one-task workflow (300 runs, one
       at a time), observed through WatchExecution.
+
+`--templates on` gives every task one template (the previous task's status), which the engine
+renders as the task starts; `--templates both` measures each figure without and then with it,
+on the same servers.
 
 During (b), and during raw SAQ's run, it reads from /proc the CPU time each group of processes
 spent (the servers by role, all PostgreSQL and Redis server processes, this client) and prints
@@ -65,6 +70,8 @@ PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 START_DEADLINE_SECONDS = 60.0
 TERMINAL = {"completed", "failed", "cancelled"}
+# How a row names its variant when --templates measures both.
+TEMPLATED = {False: "", True: " [templated]"}
 
 
 def machine() -> str:
@@ -190,10 +197,22 @@ def service(
         stop(processes)
 
 
-def make_workflow(url: str, tasks: int) -> int:
+def task_parameters(n: int, templated: bool) -> dict[str, Any]:
+    """A no-op task's parameters; templated, with one template: the previous task's status
+    (the first task: the execution's id), rendered by the engine as the task starts."""
+    if not templated:
+        return {}
+    source = f"{{{{ tasks.t{n - 1}.status }}}}" if n else "{{ execution.id }}"
+    return {"duration": 0, "seen": source}
+
+
+def make_workflow(url: str, tasks: int, templated: bool = False) -> int:
     body = {
         "name": f"{tasks} no-op tasks",
-        "tasks": [{"name": f"t{n}", "order": n} for n in range(tasks)],
+        "tasks": [
+            {"name": f"t{n}", "order": n, "parameters": task_parameters(n, templated)}
+            for n in range(tasks)
+        ],
     }
     response = httpx.post(f"{url}/workflows/", json=body, timeout=30)
     response.raise_for_status()
@@ -214,8 +233,8 @@ async def run_once(stub: Any, workflow_id: int) -> float:
     return time.perf_counter() - started
 
 
-async def sequential_forty(stub: Any, url: str) -> list[float]:
-    workflow_id = make_workflow(url, 40)
+async def sequential_forty(stub: Any, url: str, templated: bool) -> list[float]:
+    workflow_id = make_workflow(url, 40, templated)
     await run_once(stub, workflow_id)  # warm-up
     return [await run_once(stub, workflow_id) for _ in range(5)]
 
@@ -228,11 +247,11 @@ async def wait_done(stub: Any, execution_id: int) -> None:
 
 
 async def throughput(
-    stub: Any, url: str, seconds: float, meter: CpuMeter, in_flight: int = 200
+    stub: Any, url: str, seconds: float, meter: CpuMeter, templated: bool, in_flight: int = 200
 ) -> tuple[float, int]:
     """No-op task completions per second, `in_flight` executions of 10 tasks at all times, and
     the number of tasks completed (`meter` runs meanwhile)."""
-    workflow_id = make_workflow(url, 10)
+    workflow_id = make_workflow(url, 10, templated)
     completed = 0
     stop_at = time.perf_counter() + seconds
 
@@ -250,8 +269,8 @@ async def throughput(
     return completed / (time.perf_counter() - began), completed
 
 
-async def latencies(stub: Any, url: str, runs: int = 300) -> list[float]:
-    workflow_id = make_workflow(url, 1)
+async def latencies(stub: Any, url: str, templated: bool, runs: int = 300) -> list[float]:
+    workflow_id = make_workflow(url, 1, templated)
     for _ in range(10):
         await run_once(stub, workflow_id)  # warm-up
     return [await run_once(stub, workflow_id) for _ in range(runs)]
@@ -361,33 +380,41 @@ async def measure(args: argparse.Namespace, workers: int) -> tuple[float, float]
                     health_pb2.HealthCheckRequest(service=""), wait_for_ready=True, timeout=60
                 )
                 stub = pb_grpc.WorkflowExecutionStub(channel)
-                forty = await sequential_forty(stub, url)
-                print(
-                    f"(a) 40 sequential no-op tasks: best {min(forty) * 1000:.0f} ms, "
-                    f"median {statistics.median(forty) * 1000:.0f} ms  (target <= 200 ms)"
-                )
                 groups = {role: with_descendants(*pids) for role, pids in roles.items() if pids}
-                meter = CpuMeter(
-                    groups
-                    | {
-                        "PostgreSQL": named("postgres"),
-                        "Redis": named("redis-server"),
-                        "client": this_process,
-                    }
-                )
-                rate, tasks = await throughput(stub, url, args.seconds, meter)
-                print(
-                    f"(b) sustained no-op completions, 200 executions x 10 tasks in flight: "
-                    f"{rate:,.0f} tasks/s  (target >= 1,000/s)"
-                )
-                print(f"    CPU per task during (b), ms: {meter.per_unit_ms(tasks)}")
-                one = await latencies(stub, url)
-                print(
-                    f"(c) ExecuteWorkflow -> completed, one task: "
-                    f"p50 {percentile(one, 0.5) * 1000:.1f} ms, "
-                    f"p99 {percentile(one, 0.99) * 1000:.1f} ms  (target p50 <= 10 ms)"
-                )
-                return rate, meter.total_ms(tasks)
+                groups |= {
+                    "PostgreSQL": named("postgres"),
+                    "Redis": named("redis-server"),
+                    "client": this_process,
+                }
+                variants = {"off": [False], "on": [True], "both": [False, True]}[args.templates]
+                # With both, each figure is taken without and with templates in turn, on the
+                # same servers: side by side, so that the machine's drift weighs on both.
+                for templated in variants:
+                    forty = await sequential_forty(stub, url, templated)
+                    print(
+                        f"(a){TEMPLATED[templated]} 40 sequential no-op tasks: "
+                        f"best {min(forty) * 1000:.0f} ms, "
+                        f"median {statistics.median(forty) * 1000:.0f} ms  (target <= 200 ms)"
+                    )
+                results = []
+                for templated in variants:
+                    meter = CpuMeter(groups)
+                    rate, tasks = await throughput(stub, url, args.seconds, meter, templated)
+                    print(
+                        f"(b){TEMPLATED[templated]} sustained no-op completions, 200 "
+                        f"executions x 10 tasks in flight: {rate:,.0f} tasks/s  "
+                        "(target >= 1,000/s)"
+                    )
+                    print(f"    CPU per task during (b), ms: {meter.per_unit_ms(tasks)}")
+                    results.append((rate, meter.total_ms(tasks)))
+                for templated in variants:
+                    one = await latencies(stub, url, templated)
+                    print(
+                        f"(c){TEMPLATED[templated]} ExecuteWorkflow -> completed, one task: "
+                        f"p50 {percentile(one, 0.5) * 1000:.1f} ms, "
+                        f"p99 {percentile(one, 0.99) * 1000:.1f} ms  (target p50 <= 10 ms)"
+                    )
+                return results[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -397,6 +424,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--raw-saq", action="store_true")
+    parser.add_argument(
+        "--templates",
+        choices=["off", "on", "both"],
+        default="off",
+        help="one template per task (the previous task's status); both: without, then with",
+    )
     parser.add_argument(
         "--repeat", type=int, default=1, help="measure each row this many times (figures vary)"
     )
