@@ -46,10 +46,18 @@ def _api_url() -> str:
     return (os.environ.get("REST_API_URL") or DEFAULT_REST_API_URL).rstrip("/")
 
 
+def _api_key_headers() -> dict[str, str]:
+    """WORKFLOW_API_KEY, sent on every call when set."""
+    key = os.environ.get("WORKFLOW_API_KEY")
+    return {"authorization": f"Bearer {key}"} if key else {}
+
+
 def _request(method: str, path: str, **kwargs: Any) -> Any:
     url = _api_url() + path
     try:
-        response = httpx.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
+        response = httpx.request(
+            method, url, timeout=REQUEST_TIMEOUT, headers=_api_key_headers(), **kwargs
+        )
     except httpx.HTTPError as exc:
         raise ApiError(0, f"cannot reach {url}: {exc}") from None
     if response.status_code >= 400:
@@ -74,6 +82,40 @@ def _logging(verbose: bool = False) -> None:
     logging.getLogger("saq").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def _tls(args: argparse.Namespace, grpc_side: bool) -> Any:
+    """The server's TLS files from --tls-cert/--tls-key (and --tls-client-ca), or None."""
+    from exec_service.server import ServerTls
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    client_ca = getattr(args, "tls_client_ca", None) if grpc_side else None
+    if client_ca is not None and args.tls_cert is None:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    for path in (args.tls_cert, args.tls_key, client_ca):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"no such file: {path}")
+    if args.tls_cert is None:
+        return None
+    return ServerTls(args.tls_cert, args.tls_key, client_ca)
+
+
+def _refuse_open_public_bind(host: str) -> None:
+    """An open service (no key made, no WORKFLOW_ADMIN_KEY) listens on loopback only."""
+    from models.settings import Settings
+    from models.startup import open_service_on_public_address
+
+    problem = asyncio_run(open_service_on_public_address(Settings.from_env(), host))
+    if problem:
+        print(f"Error: {problem}", file=sys.stderr)
+        sys.exit(2)
+
+
+def asyncio_run(main: Coroutine[Any, Any, Any]) -> Any:
+    import asyncio
+
+    return asyncio.run(main)
+
+
 def _serve(args: argparse.Namespace) -> None:
     """HTTP API, and with `serve` the execution service too, in one process."""
     import uvicorn
@@ -81,12 +123,23 @@ def _serve(args: argparse.Namespace) -> None:
     from graphql_api.app import EmbeddedExecution, create_app
     from models.settings import Settings
 
+    tls = _tls(args, grpc_side=args.command == "serve")
+    _refuse_open_public_bind(args.host)
     _logging()
     embedded = None
     if args.command == "serve":
-        embedded = EmbeddedExecution(executor=args.executor, host=args.host, port=args.grpc_port)
+        embedded = EmbeddedExecution(
+            executor=args.executor, host=args.host, port=args.grpc_port, tls=tls
+        )
     app = create_app(Settings.from_env(), embedded)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
+    )
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -113,9 +166,11 @@ def _grpc(args: argparse.Namespace) -> None:
     from exec_service.standalone import run_execution_service
     from models.settings import Settings
 
+    _refuse_open_public_bind(args.host)
+    tls = _tls(args, True)
     _logging()
     executor = "saq" if args.use_saq else "ray" if args.use_ray else "asyncio"
-    _run(run_execution_service(Settings.from_env(), executor, args.host, args.port))
+    _run(run_execution_service(Settings.from_env(), executor, args.host, args.port, tls))
 
 
 def _worker(args: argparse.Namespace) -> None:
@@ -142,13 +197,53 @@ def _grpc_call(call: Callable[[Any], Any]) -> Any:
 
     from protos import execution_pb2_grpc
 
-    with grpc.insecure_channel(_grpc_target()) as channel:
+    ca = os.environ.get("GRPC_TLS_CA")
+    if ca:
         try:
-            return call(execution_pb2_grpc.WorkflowExecutionStub(channel))
+            with open(ca, "rb") as pem:
+                credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+        except OSError as exc:
+            raise UsageError(f"GRPC_TLS_CA: {exc}") from None
+        channel = grpc.secure_channel(_grpc_target(), credentials)
+    else:
+        channel = grpc.insecure_channel(_grpc_target())
+    key = os.environ.get("WORKFLOW_API_KEY")
+    metadata = (("authorization", f"Bearer {key}"),) if key else ()
+    with channel:
+        try:
+            return call(_WithMetadata(execution_pb2_grpc.WorkflowExecutionStub(channel), metadata))
         except grpc.RpcError as error:
             code = error.code().name if hasattr(error, "code") else "UNKNOWN"
             detail = error.details() if hasattr(error, "details") else str(error)
             raise ApiError(code, detail) from None
+
+
+class _WithMetadata:
+    """A stub whose every call carries the CLI's metadata (its API key)."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            return method(request, metadata=self._metadata, **kwargs)
+
+        return call
+
+
+def _keys(args: argparse.Namespace) -> None:
+    """`workflow keys ...`: straight on the database named by DATABASE_URL (no server needed,
+    so that the first key can be made before anything is exposed)."""
+    from models.key_commands import run_key_command
+    from models.settings import Settings
+
+    try:
+        asyncio_run(run_key_command(Settings.from_env().database_url, args))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _execute(args: argparse.Namespace) -> None:
@@ -297,11 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--grpc-port", type=int, default=50051)
     serve.add_argument("--executor", choices=EXECUTORS, default="asyncio")
+    _tls_options(serve, grpc_side=True)
     serve.set_defaults(handler=_serve)
 
     api = commands.add_parser("api", help="run the HTTP API alone (GraphQL, REST, health)")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    _tls_options(api, grpc_side=False)
     api.set_defaults(handler=_serve)
 
     grpc_server = commands.add_parser("grpc", help="run the gRPC execution service alone")
@@ -312,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--use-saq", "--use-rq", action="store_true", help="run tasks on SAQ workers (Redis)"
     )
     where.add_argument("--use-ray", action="store_true", help="run tasks on a Ray cluster")
+    _tls_options(grpc_server, grpc_side=True)
     grpc_server.set_defaults(handler=_grpc)
 
     worker = commands.add_parser("worker", help="run a SAQ worker (needs REDIS_URL)")
@@ -397,7 +495,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("execution_id", type=int)
     watch.set_defaults(handler=_watch)
+
+    keys = commands.add_parser(
+        "keys", help="make, list and revoke API keys (on the database: DATABASE_URL)"
+    )
+    key_commands = keys.add_subparsers(dest="key_command", metavar="KEY_COMMAND", required=True)
+    key_create = key_commands.add_parser(
+        "create", help="make a key; prints it alone on the last line (shown this once)"
+    )
+    key_create.add_argument("name", help="what executions it starts record as triggered_by")
+    key_create.add_argument(
+        "--role", choices=["viewer", "operator", "admin"], required=True, help="what it may do"
+    )
+    key_commands.add_parser("list", help="list the keys (never their secrets)")
+    key_revoke = key_commands.add_parser("revoke", help="revoke a key (every process: 5 s)")
+    key_revoke.add_argument("key_id", type=int)
+    keys.set_defaults(handler=_keys)
     return parser
+
+
+def _tls_options(parser: argparse.ArgumentParser, grpc_side: bool) -> None:
+    parser.add_argument("--tls-cert", default=None, help="serve over TLS: certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="serve over TLS: private key (PEM)")
+    if grpc_side:
+        parser.add_argument(
+            "--tls-client-ca",
+            default=None,
+            help="gRPC: accept only clients with a certificate signed by this CA (mutual TLS)",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

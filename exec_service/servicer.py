@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 
 import grpc
 
+from exec_service.authz import caller, needs
 from exec_service.bus import EventBus
 from exec_service.engine import Engine
 from exec_service.watch import watch
 from models import executions as store
+from models.access import Authenticator, Role
 from models.errors import Invalid, WorkflowError
 from models.inputs import execution_input, idempotency_key
 from protos import execution_pb2 as pb
@@ -110,10 +112,14 @@ async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
 
 
 class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
-    def __init__(self, engine: Engine, bus: EventBus) -> None:
+    """Each RPC declares the role it needs (`@needs`); AuthInterceptor enforces it."""
+
+    def __init__(self, engine: Engine, bus: EventBus, authenticator: Authenticator) -> None:
         self.engine = engine
         self.bus = bus
+        self.authenticator = authenticator
 
+    @needs(Role.OPERATOR)
     async def ExecuteWorkflow(
         self,
         request: pb.ExecuteWorkflowRequest,
@@ -123,7 +129,8 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
             workflow_id = _positive(request.workflow_id, "workflow_id")
             key = idempotency_key(request.idempotency_key, "idempotency_key")
             input = _input(request.input_json)
-            execution_id, created = await self.engine.execute(workflow_id, key, input)
+            who = await caller(self.authenticator, context)
+            execution_id, created = await self.engine.execute(workflow_id, key, input, who.name)
             status = "in_progress"
             if not created:  # a repeated key: the first execution, as it is now
                 status = (await store.get_execution(execution_id))["status"]
@@ -131,6 +138,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
 
         return await _answer(context, execute())
 
+    @needs(Role.VIEWER)
     async def GetWorkflowStatus(
         self,
         request: pb.GetWorkflowStatusRequest,
@@ -142,6 +150,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
 
         return await _answer(context, status())
 
+    @needs(Role.OPERATOR)
     async def CancelExecution(
         self,
         request: pb.CancelExecutionRequest,
@@ -153,6 +162,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
 
         return await _answer(context, cancel())
 
+    @needs(Role.OPERATOR)
     async def RetryExecution(
         self,
         request: pb.GetWorkflowStatusRequest,
@@ -160,11 +170,13 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
     ) -> pb.ExecuteWorkflowResponse:
         async def retry() -> pb.ExecuteWorkflowResponse:
             execution_id = _positive(request.execution_id, "execution_id")
-            new_id = await self.engine.retry(execution_id)
+            who = await caller(self.authenticator, context)
+            new_id = await self.engine.retry(execution_id, who.name)
             return pb.ExecuteWorkflowResponse(execution_id=new_id, status="in_progress")
 
         return await _answer(context, retry())
 
+    @needs(Role.VIEWER)
     async def WatchExecution(
         self,
         request: pb.GetWorkflowStatusRequest,

@@ -15,15 +15,19 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import HTTPConnection
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from exec_service.server import ExecutionService
+from exec_service.server import ExecutionService, ServerTls
 from graphql_api import health, rest
+from graphql_api.auth import AuthenticatedTransportWS, Authentication
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
+from models import api_keys
+from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
 from models.errors import Invalid, WorkflowError
@@ -34,7 +38,10 @@ log = logging.getLogger(__name__)
 
 class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
     """Strawberry's router, answering 400 to requests that never ran (parse or validation errors,
-    limits), as GraphQL over HTTP asks, instead of 200."""
+    limits), as GraphQL over HTTP asks, instead of 200; subscriptions authenticate at
+    `connection_init`."""
+
+    graphql_transport_ws_handler_class = AuthenticatedTransportWS
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -70,6 +77,8 @@ class EmbeddedExecution:
     port: int = 50051
     # With the saq executor: the concurrency of the SAQ worker run in this process too.
     workers: int = 10
+    # gRPC over TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    tls: ServerTls | None = None
 
 
 def create_app(
@@ -83,8 +92,10 @@ def create_app(
         await start_database(settings.database_url)
         cache = make_cache(settings.redis_url, settings.redis_prefix, settings.cache_ttl_seconds)
         set_cache(cache)
+        authenticator = api_keys.authenticator(settings.admin_key, settings.auth_enabled)
+        app.state.authenticator = authenticator
         service: ExecutionService | None = None
-        target = settings.grpc_target
+        target, tls_ca = settings.grpc_target, settings.grpc_tls_ca
         try:
             if embedded is not None:
                 service = ExecutionService(
@@ -93,10 +104,13 @@ def create_app(
                     embedded.host,
                     embedded.port,
                     embedded_workers=embedded.workers if embedded.executor == "saq" else None,
+                    tls=embedded.tls,
+                    authenticator=authenticator,
+                    local_socket=embedded.tls is not None,
                 )
                 await service.start()
-                target = f"127.0.0.1:{service.port}"
-            app.state.exec_client = ExecutionClient(target)
+                target, tls_ca = service.local_target or f"127.0.0.1:{service.port}", None
+            app.state.exec_client = ExecutionClient(target, settings.service_key, tls_ca)
             app.state.exec_service = service
             # Everything made at start-up lives as long as the process: keep it out of the
             # garbage collector's full passes, which otherwise stall requests for ~60 ms.
@@ -114,10 +128,15 @@ def create_app(
             await stop_database()
 
     async def graphql_context(connection: HTTPConnection) -> dict[str, Any]:
-        # HTTPConnection: the same dependency serves HTTP requests and WebSocket subscriptions.
+        # HTTPConnection: the same dependency serves HTTP requests and WebSocket subscriptions
+        # (whose principal comes later, with `connection_init`: AuthenticatedTransportWS).
+        state = connection.scope.get("state") or {}
         return {
             "executions_loader": executions_loader(),
             "exec_client": connection.app.state.exec_client,
+            "authenticator": connection.app.state.authenticator,
+            "principal": state.get("principal", ANONYMOUS),
+            "authorization": state.get("authorization"),
         }
 
     app = FastAPI(
@@ -132,7 +151,13 @@ def create_app(
     app.include_router(rest.router)
     app.include_router(health.router)
     app.include_router(
-        GraphQLHTTPRouter(schema, graphql_ide="graphiql", context_getter=graphql_context),
+        GraphQLHTTPRouter(
+            schema,
+            graphql_ide="graphiql",
+            context_getter=graphql_context,
+            # The contract's protocol only: its connection_init carries the key.
+            subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+        ),
         prefix="/graphql",
     )
 
@@ -146,4 +171,6 @@ def create_app(
     app.add_middleware(FastGraphQLReads)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(FastWorkflowReads)
+    # Added last, so it runs first: nothing answers a caller before it is known.
+    app.add_middleware(Authentication)
     return app

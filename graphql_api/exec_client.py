@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from models.access import Forbidden, NotAuthenticated
 from models.errors import Conflict, Invalid, NotFound, Unavailable, WorkflowError
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
@@ -28,6 +29,10 @@ def _translate(error: grpc.aio.AioRpcError) -> WorkflowError:
         return Invalid(detail)
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return Conflict(detail)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return NotAuthenticated()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return Forbidden()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable("The execution service is not reachable")
     return WorkflowError(f"The execution service failed: {code.name}")
@@ -63,17 +68,39 @@ def parse_status(response: pb.WorkflowStatusResponse) -> dict[str, Any]:
     }
 
 
+def channel(target: str, tls_ca: str | None = None) -> grpc.aio.Channel:
+    """A channel to the execution service: TLS, verified against `tls_ca` (a PEM file), when
+    given; plaintext otherwise (loopback, a unix socket, or a network you trust)."""
+    if tls_ca is None:
+        return grpc.aio.insecure_channel(target)
+    with open(tls_ca, "rb") as pem:
+        credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+    return grpc.aio.secure_channel(target, credentials)
+
+
 class ExecutionClient:
-    def __init__(self, target: str) -> None:
+    """Calls the execution service on behalf of a caller: each call carries the caller's
+    `Authorization` value (the execution service checks it again and records its name), or
+    the service key when the caller presented none."""
+
+    def __init__(
+        self, target: str, service_key: str | None = None, tls_ca: str | None = None
+    ) -> None:
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self._service_authorization = f"Bearer {service_key}" if service_key else None
+        self._channel = channel(target, tls_ca)
         self._stub = pb_grpc.WorkflowExecutionStub(self._channel)
+
+    def _metadata(self, authorization: str | None) -> tuple[tuple[str, str], ...]:
+        value = authorization or self._service_authorization
+        return (("authorization", value),) if value else ()
 
     async def execute(
         self,
         workflow_id: int,
         idempotency_key: str | None,
         input: dict[str, Any] | None = None,
+        authorization: str | None = None,
     ) -> int:
         request = pb.ExecuteWorkflowRequest(
             workflow_id=workflow_id,
@@ -81,30 +108,41 @@ class ExecutionClient:
             input_json=json.dumps(input, ensure_ascii=False) if input is not None else "",
         )
         try:
-            response = await self._stub.ExecuteWorkflow(request, timeout=CALL_TIMEOUT_SECONDS)
+            response = await self._stub.ExecuteWorkflow(
+                request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata(authorization)
+            )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return int(response.execution_id)
 
-    async def retry(self, execution_id: int) -> int:
+    async def retry(self, execution_id: int, authorization: str | None = None) -> int:
         """Start a new execution of a failed or cancelled one. Raises NotFound or Conflict."""
         request = pb.GetWorkflowStatusRequest(execution_id=execution_id)
         try:
-            response = await self._stub.RetryExecution(request, timeout=CALL_TIMEOUT_SECONDS)
+            response = await self._stub.RetryExecution(
+                request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata(authorization)
+            )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return int(response.execution_id)
 
-    async def cancel(self, execution_id: int) -> dict[str, Any]:
+    async def cancel(self, execution_id: int, authorization: str | None = None) -> dict[str, Any]:
         request = pb.CancelExecutionRequest(execution_id=execution_id)
         try:
-            response = await self._stub.CancelExecution(request, timeout=CALL_TIMEOUT_SECONDS)
+            response = await self._stub.CancelExecution(
+                request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata(authorization)
+            )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None
         return parse_status(response)
 
-    async def watch(self, execution_id: int) -> AsyncIterator[dict[str, Any]]:
-        call = self._stub.WatchExecution(pb.GetWorkflowStatusRequest(execution_id=execution_id))
+    async def watch(
+        self, execution_id: int, authorization: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        call = self._stub.WatchExecution(
+            pb.GetWorkflowStatusRequest(execution_id=execution_id),
+            metadata=self._metadata(authorization),
+        )
         try:
             async for response in call:
                 yield parse_status(response)

@@ -9,6 +9,8 @@ from collections.abc import Awaitable
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from graphql_api.auth import needs
+from models.access import Role
 from models.cache import current_cache
 from models.db import ping_database
 
@@ -43,7 +45,7 @@ async def healthz() -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[needs(Role.VIEWER)])
 async def metrics() -> PlainTextResponse:
     cache = current_cache()
     lines = [

@@ -11,10 +11,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from graphql_api.auth import needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
 from models import executions as execution_store
 from models import workflows as store
+from models.access import Role
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
 from models.inputs import INT32_MAX, ExecuteRequest, TaskCreate, WorkflowCreate, WorkflowUpdate
 
@@ -27,30 +29,35 @@ def _json(body: bytes) -> Response:
     return Response(content=body, media_type="application/json")
 
 
-def _route(method: str, path: str, response_model: Any) -> Callable[[Any], Any]:
-    """Register the endpoint at `path` and at `path` with its trailing slash toggled."""
+def _route(method: str, path: str, response_model: Any, role: Role) -> Callable[[Any], Any]:
+    """Register the endpoint at `path` and at `path` with its trailing slash toggled; callers
+    whose role does not include `role` are answered 403."""
 
     def register(endpoint: Any) -> Any:
         twin = path[:-1] if path.endswith("/") else path + "/"
-        router.add_api_route(path, endpoint, methods=[method], response_model=response_model)
+        checks = [needs(role)]
+        router.add_api_route(
+            path, endpoint, methods=[method], response_model=response_model, dependencies=checks
+        )
         router.add_api_route(
             twin,
             endpoint,
             methods=[method],
             response_model=response_model,
             include_in_schema=False,
+            dependencies=checks,
         )
         return endpoint
 
     return register
 
 
-@_route("POST", "/workflows/", WorkflowOut)
+@_route("POST", "/workflows/", WorkflowOut, Role.ADMIN)
 async def create_workflow(body: WorkflowCreate) -> Response:
     return _json(store.dumps(await store.create_workflow(body)))
 
 
-@_route("GET", "/workflows/", list[WorkflowOut])
+@_route("GET", "/workflows/", list[WorkflowOut], Role.VIEWER)
 async def list_workflows(
     skip: int = Query(0, ge=0, le=INT32_MAX),
     limit: int = Query(100, ge=0, le=1000),
@@ -58,36 +65,42 @@ async def list_workflows(
     return _json(await store.list_workflows_json(skip, limit))
 
 
-@_route("GET", "/workflows/{workflow_id}", WorkflowOut)
+@_route("GET", "/workflows/{workflow_id}", WorkflowOut, Role.VIEWER)
 async def get_workflow(workflow_id: int) -> Response:
     return _json(await store.get_workflow_json(workflow_id))
 
 
-@_route("PUT", "/workflows/{workflow_id}", WorkflowOut)
+@_route("PUT", "/workflows/{workflow_id}", WorkflowOut, Role.ADMIN)
 async def update_workflow(workflow_id: int, body: WorkflowUpdate) -> Response:
     return _json(store.dumps(await store.update_workflow(workflow_id, body)))
 
 
-@_route("DELETE", "/workflows/{workflow_id}", Success)
+@_route("DELETE", "/workflows/{workflow_id}", Success, Role.ADMIN)
 async def delete_workflow(workflow_id: int) -> Response:
     await store.delete_workflow(workflow_id)
     return _json(SUCCESS)
 
 
-@_route("POST", "/workflows/{workflow_id}/tasks/", TaskOut)
+@_route("POST", "/workflows/{workflow_id}/tasks/", TaskOut, Role.ADMIN)
 async def add_task(workflow_id: int, body: TaskCreate) -> Response:
     return _json(store.dumps(await store.add_task(workflow_id, body)))
 
 
-@_route("PUT", "/workflows/{workflow_id}/tasks/{task_id}", TaskOut)
+@_route("PUT", "/workflows/{workflow_id}/tasks/{task_id}", TaskOut, Role.ADMIN)
 async def update_task(workflow_id: int, task_id: int, body: TaskCreate) -> Response:
     return _json(store.dumps(await store.update_task(workflow_id, task_id, body)))
 
 
-@_route("DELETE", "/workflows/{workflow_id}/tasks/{task_id}", Success)
+@_route("DELETE", "/workflows/{workflow_id}/tasks/{task_id}", Success, Role.ADMIN)
 async def delete_task(workflow_id: int, task_id: int) -> Response:
     await store.delete_task(workflow_id, task_id)
     return _json(SUCCESS)
+
+
+def _authorization(request: Request) -> str | None:
+    """The caller's key, passed on to the execution service (which checks it again)."""
+    value: str | None = getattr(request.state, "authorization", None)
+    return value
 
 
 def _execution_client(request: Request) -> ExecutionClient:
@@ -100,7 +113,7 @@ async def _execution_json(execution_id: int) -> Response:
     return _json(store.dumps(execution_store.public(snapshot)))
 
 
-@_route("POST", "/workflows/{workflow_id}/execute", ExecutionOut)
+@_route("POST", "/workflows/{workflow_id}/execute", ExecutionOut, Role.OPERATOR)
 async def execute_workflow(
     workflow_id: int, request: Request, body: ExecuteRequest | None = None
 ) -> Response:
@@ -108,33 +121,36 @@ async def execute_workflow(
     input = body.input if body is not None else None
     if not execution_store.valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
-    execution_id = await _execution_client(request).execute(workflow_id, key, input)
+    execution_id = await _execution_client(request).execute(
+        workflow_id, key, input, _authorization(request)
+    )
     return await _execution_json(execution_id)
 
 
-@_route("POST", "/executions/{execution_id}/retry", ExecutionOut)
+@_route("POST", "/executions/{execution_id}/retry", ExecutionOut, Role.OPERATOR)
 async def retry_execution(execution_id: int, request: Request) -> Response:
     """A new execution of a failed or cancelled one; its completed tasks are not run again."""
     if not execution_store.valid_id(execution_id):
         raise NotFound(execution_store.EXECUTION_NOT_FOUND)
-    return await _execution_json(await _execution_client(request).retry(execution_id))
+    new_id = await _execution_client(request).retry(execution_id, _authorization(request))
+    return await _execution_json(new_id)
 
 
-@_route("POST", "/executions/{execution_id}/cancel", ExecutionOut)
+@_route("POST", "/executions/{execution_id}/cancel", ExecutionOut, Role.OPERATOR)
 async def cancel_execution(execution_id: int, request: Request) -> Response:
     """Stop the execution's running tasks and mark it cancelled (an ended one stays as it is)."""
     if not execution_store.valid_id(execution_id):
         raise NotFound(execution_store.EXECUTION_NOT_FOUND)
-    await _execution_client(request).cancel(execution_id)
+    await _execution_client(request).cancel(execution_id, _authorization(request))
     return await _execution_json(execution_id)
 
 
-@_route("GET", "/executions/{execution_id}", ExecutionOut)
+@_route("GET", "/executions/{execution_id}", ExecutionOut, Role.VIEWER)
 async def get_execution(execution_id: int) -> Response:
     return await _execution_json(execution_id)
 
 
-@_route("GET", "/workflows/{workflow_id}/executions", list[ExecutionOut])
+@_route("GET", "/workflows/{workflow_id}/executions", list[ExecutionOut], Role.VIEWER)
 async def list_workflow_executions(
     workflow_id: int,
     skip: int = Query(0, ge=0, le=INT32_MAX),

@@ -21,12 +21,16 @@ from strawberry.extensions.query_depth_limiter import create_validator as depth_
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
+from graphql_api.auth import Needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
 from graphql_api.types import (
+    ApiKey,
     Execution,
     ExecutionEvent,
     ExecutionStatus,
+    NewApiKey,
+    RoleEnum,
     Task,
     TaskInput,
     TaskRunStatus,
@@ -34,8 +38,10 @@ from graphql_api.types import (
     WorkflowInput,
     checked_page,
 )
+from models import api_keys
 from models import executions as execution_store
 from models import workflows as store
+from models.access import Role
 from models.errors import WorkflowError
 from models.inputs import execution_input
 from models.inputs import idempotency_key as idempotency_key_of
@@ -54,30 +60,78 @@ LIMIT_RULES: list[type[ASTValidationRule]] = [
 ]
 
 
+def _authorization(info: strawberry.Info) -> str | None:
+    """The caller's key, passed on to the execution service (which checks it again)."""
+    value: str | None = info.context.get("authorization")
+    return value
+
+
 def _client(info: strawberry.Info) -> ExecutionClient:
     client: ExecutionClient = info.context["exec_client"]
     return client
 
 
 @strawberry.type
-class Query:
-    @strawberry.field(description="A page of workflows, ordered by id.")
+class KeyQuery:
+    @strawberry.field(
+        description="Every API key (never its secret), revoked ones too.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def api_keys(self) -> list[ApiKey]:
+        return [ApiKey.from_dict(row) for row in await api_keys.list_keys()]
+
+
+@strawberry.type
+class KeyMutation:
+    @strawberry.mutation(
+        description="A new API key; its secret is in this answer only.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def create_api_key(self, info: strawberry.Info, name: str, role: RoleEnum) -> NewApiKey:
+        row, secret = await api_keys.create_key(name, Role.parse(role.value))
+        info.context["authenticator"].forget()
+        return NewApiKey.from_dict(row, secret)
+
+    @strawberry.mutation(
+        description="Revoke a key: every process refuses it within 5 s.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def revoke_api_key(self, info: strawberry.Info, id: strawberry.ID) -> bool:
+        await api_keys.revoke_key(parse_id(id))
+        info.context["authenticator"].forget()
+        return True
+
+
+@strawberry.type
+class Query(KeyQuery):
+    @strawberry.field(
+        description="A page of workflows, ordered by id.", permission_classes=[Needs.VIEWER]
+    )
     async def workflows(self, skip: int = 0, limit: int = 100) -> list[Workflow]:
         page = checked_page(skip, limit)
         rows = await store.list_workflows(page.skip, page.limit)
         return [Workflow.from_dict(row) for row in rows]
 
-    @strawberry.field(description="One workflow, or null when there is none with this id.")
+    @strawberry.field(
+        description="One workflow, or null when there is none with this id.",
+        permission_classes=[Needs.VIEWER],
+    )
     async def workflow(self, id: strawberry.ID) -> Workflow | None:
         row = await store.find_workflow(parse_id(id))
         return Workflow.from_dict(row) if row is not None else None
 
-    @strawberry.field(description="One execution, or null when there is none with this id.")
+    @strawberry.field(
+        description="One execution, or null when there is none with this id.",
+        permission_classes=[Needs.VIEWER],
+    )
     async def execution(self, id: strawberry.ID) -> Execution | None:
         row = await execution_store.find_execution(parse_id(id))
         return Execution.from_dict(row) if row is not None else None
 
-    @strawberry.field(description="Executions, newest first; of one workflow when given.")
+    @strawberry.field(
+        description="Executions, newest first; of one workflow when given.",
+        permission_classes=[Needs.VIEWER],
+    )
     async def executions(
         self, workflow_id: strawberry.ID | None = None, skip: int = 0, limit: int = 100
     ) -> list[Execution]:
@@ -88,28 +142,28 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
-    @strawberry.mutation
+class Mutation(KeyMutation):
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def create_workflow(self, input: WorkflowInput) -> Workflow:
         return Workflow.from_dict(await store.create_workflow(workflow_create(input)))
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def update_workflow(self, id: strawberry.ID, input: WorkflowInput) -> Workflow:
         workflow_id = parse_id(id)
         update, tasks = workflow_update(input)
         return Workflow.from_dict(await store.update_workflow(workflow_id, update, tasks))
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def delete_workflow(self, id: strawberry.ID) -> bool:
         await store.delete_workflow(parse_id(id))
         return True
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def add_task(self, workflow_id: strawberry.ID, input: TaskInput) -> Task:
         workflow = parse_id(workflow_id, "workflowId")
         return Task.from_dict(await store.add_task(workflow, task_create(input)))
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def update_task(
         self, workflow_id: strawberry.ID, task_id: strawberry.ID, input: TaskInput
     ) -> Task:
@@ -117,12 +171,15 @@ class Mutation:
         task = parse_id(task_id, "taskId")
         return Task.from_dict(await store.update_task(workflow, task, task_create(input)))
 
-    @strawberry.mutation
+    @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def delete_task(self, workflow_id: strawberry.ID, task_id: strawberry.ID) -> bool:
         await store.delete_task(parse_id(workflow_id, "workflowId"), parse_id(task_id, "taskId"))
         return True
 
-    @strawberry.mutation(description="Start an execution (or return the one with this key).")
+    @strawberry.mutation(
+        description="Start an execution (or return the one with this key).",
+        permission_classes=[Needs.OPERATOR],
+    )
     async def execute_workflow(
         self,
         info: strawberry.Info,
@@ -133,20 +190,25 @@ class Mutation:
         workflow = parse_id(workflow_id, "workflowId")
         key = idempotency_key_of(idempotency_key, "idempotencyKey")
         data = execution_input(input, "input")
-        execution_id = await _client(info).execute(workflow, key, data)
+        execution_id = await _client(info).execute(workflow, key, data, _authorization(info))
         return Execution.from_dict(await execution_store.get_execution(execution_id))
 
     @strawberry.mutation(
         description="Run a failed or cancelled execution again as a new one, on the same "
-        "snapshot and input: its completed tasks keep their outputs and are not run again."
+        "snapshot and input: its completed tasks keep their outputs and are not run again.",
+        permission_classes=[Needs.OPERATOR],
     )
     async def retry_execution(self, info: strawberry.Info, id: strawberry.ID) -> Execution:
-        execution_id = await _client(info).retry(parse_id(id))
+        execution_id = await _client(info).retry(parse_id(id), _authorization(info))
         return Execution.from_dict(await execution_store.get_execution(execution_id))
 
-    @strawberry.mutation(description="Stop the execution's running tasks and mark it cancelled.")
+    @strawberry.mutation(
+        description="Stop the execution's running tasks and mark it cancelled.",
+        permission_classes=[Needs.OPERATOR],
+    )
     async def cancel_execution(self, info: strawberry.Info, id: strawberry.ID) -> Execution:
-        return Execution.from_dict(await _client(info).cancel(parse_id(id)))
+        answer = await _client(info).cancel(parse_id(id), _authorization(info))
+        return Execution.from_dict(answer)
 
 
 def _changed_task(
@@ -167,14 +229,15 @@ def _changed_task(
 class Subscription:
     @strawberry.subscription(
         description="The execution's current state, then every change; completes after the "
-        "terminal event."
+        "terminal event.",
+        permission_classes=[Needs.VIEWER],
     )
     async def execution_events(
         self, info: strawberry.Info, execution_id: strawberry.ID
     ) -> AsyncGenerator[ExecutionEvent, None]:
         identifier = parse_id(execution_id, "executionId")
         previous: dict[str, Any] | None = None
-        async for snapshot in _client(info).watch(identifier):
+        async for snapshot in _client(info).watch(identifier, _authorization(info)):
             task_id, task_status = _changed_task(previous, snapshot)
             previous = snapshot
             yield ExecutionEvent(

@@ -214,3 +214,45 @@ class ExecutionEvent:
     task_status: TaskRunStatus | None
     at: datetime
     execution: Execution
+
+
+@strawberry.enum(name="Role")
+class RoleEnum(Enum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+
+@strawberry.type
+class ApiKey:
+    id: strawberry.ID
+    name: str
+    role: RoleEnum
+    prefix: str = strawberry.field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> ApiKey:
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            name=row["name"],
+            role=RoleEnum(row["role"]),
+            prefix=row["prefix"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+            revoked_at=_moment(row["revoked_at"]),
+        )
+
+
+@strawberry.type
+class NewApiKey:
+    id: strawberry.ID
+    name: str
+    role: RoleEnum
+    key: str = strawberry.field(description="The secret: shown this once, never again.")
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any], key: str) -> NewApiKey:
+        return cls(
+            id=strawberry.ID(str(row["id"])), name=row["name"], role=RoleEnum(row["role"]), key=key
+        )

@@ -27,6 +27,15 @@ class Settings:
     lease_seconds: float = 10.0
     # First retry delay of a failed task; each further retry doubles it.
     retry_base_seconds: float = 0.5
+    # WORKFLOW_ADMIN_KEY: an admin key that needs no row (compose, first start).
+    admin_key: str | None = None
+    # WORKFLOW_SERVICE_KEY: the key `workflow api` presents to the execution service when the
+    # caller presented none (an open HTTP plane in front of a closed execution service).
+    service_key: str | None = None
+    # WORKFLOW_AUTH=off: no authentication at all, and a public bind without keys is allowed.
+    auth_enabled: bool = True
+    # GRPC_TLS_CA: the CA that signs the execution service's certificate (clients verify it).
+    grpc_tls_ca: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -39,4 +48,8 @@ class Settings:
             cache_ttl_seconds=int(os.environ.get("WORKFLOW_CACHE_TTL") or 300),
             lease_seconds=float(os.environ.get("WORKFLOW_LEASE_SECONDS") or 10.0),
             retry_base_seconds=float(os.environ.get("WORKFLOW_RETRY_BASE_SECONDS") or 0.5),
+            admin_key=os.environ.get("WORKFLOW_ADMIN_KEY") or None,
+            service_key=os.environ.get("WORKFLOW_SERVICE_KEY") or None,
+            auth_enabled=(os.environ.get("WORKFLOW_AUTH") or "on").strip().lower() != "off",
+            grpc_tls_ca=os.environ.get("GRPC_TLS_CA") or None,
         )

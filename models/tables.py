@@ -133,3 +133,24 @@ class TaskRun(Model):
     class Meta:
         table = "task_runs"
         unique_together = (("execution_id", "task_id"),)
+
+
+class ApiKey(Model):
+    """A credential: a random secret shown once when made, of which only the SHA-256 is kept.
+
+    The secret has 256 bits of entropy, so a slow password hash would add nothing but latency.
+    (No semicolon in the first line: it becomes the table's comment, and Tortoise splits the
+    migration's SQL on semicolons.)
+    """
+
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=100, unique=True)
+    role = fields.CharField(max_length=16)
+    key_hash = fields.CharField(max_length=64, unique=True)
+    # The secret's first characters, to tell keys apart in a list without showing them.
+    prefix = fields.CharField(max_length=16)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_keys"
