@@ -45,5 +45,8 @@ EXPOSE 8000 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
+# The roles listen on every address of the container, so they start only with a key:
+# `docker run -e WORKFLOW_ADMIN_KEY=...` (or keys made with `workflow keys create` in the
+# database), else they exit with status 2 saying so. WORKFLOW_AUTH=off opts out.
 ENTRYPOINT ["workflow"]
 CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

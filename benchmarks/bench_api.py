@@ -11,7 +11,8 @@ otherwise uvicorn's defaults, as the API is served) and loaded by `wrk`:
   (a) ceiling: a raw ASGI app answering a constant small JSON body (benchmarks/ceiling_app.py);
   (b) REST `GET /workflows/{id}`, cache on (default settings);
   (c) GraphQL `POST /graphql`, the same workflow with its tasks, cache on;
-  (d), (e) the same two with `WORKFLOW_CACHE_TTL=0`: every read goes to the database.
+  (d), (e) the same two with `WORKFLOW_CACHE_TTL=0`: every read goes to the database;
+  (f), (g) with `--auth`: (b) and (c) with an API key (a viewer's) on every request.
 
 Each row gets a short warm-up, then a measured run; the last column is its ratio to the ceiling.
 The target is cached reads at 50% of the ceiling or more.
@@ -60,7 +61,13 @@ SERVER_FLAGS = ["--workers", "1", "--no-access-log", "--log-level", "warning"]
 DEFAULT_PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # Environment the API reads; cleared from ours so that only what a row sets applies.
-API_ENV = ("DATABASE_URL", "REDIS_URL", "WORKFLOW_REDIS_PREFIX", "WORKFLOW_CACHE_TTL")
+API_ENV = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "WORKFLOW_REDIS_PREFIX",
+    "WORKFLOW_CACHE_TTL",
+    "WORKFLOW_ADMIN_KEY",
+)
 
 STARTUP_DEADLINE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
@@ -329,30 +336,46 @@ def tail(path: Path, lines: int = 30) -> str:
 # --- the API: data, checks, metrics --------------------------------------------------------
 
 
-def create_workflow(url: str) -> int:
-    response = httpx.post(f"{url}/workflows/", json=WORKFLOW_BODY, timeout=10.0)
+def create_workflow(url: str, headers: dict[str, str] | None = None) -> int:
+    response = httpx.post(f"{url}/workflows/", json=WORKFLOW_BODY, timeout=10.0, headers=headers)
     if response.status_code != 200:
         raise BenchError(f"POST /workflows/ answered {response.status_code}: {response.text}")
     workflow_id: int = response.json()["id"]
     return workflow_id
 
 
+ADMIN_KEY = "bench-api-admin-key"
+
+
+def make_viewer_key(url: str) -> str:
+    """A viewer key made through the API (with the bootstrap admin key)."""
+    mutation = 'mutation { createApiKey(name: "bench-viewer", role: VIEWER) { key } }'
+    response = httpx.post(
+        f"{url}/graphql",
+        json={"query": mutation},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        timeout=10.0,
+    )
+    key: str = response.json()["data"]["createApiKey"]["key"]
+    return key
+
+
 def graphql_body(workflow_id: int) -> str:
     return json.dumps({"query": GRAPHQL_QUERY % workflow_id})
 
 
-def check_rest(url: str, workflow_id: int) -> None:
-    response = httpx.get(f"{url}/workflows/{workflow_id}", timeout=10.0)
+def check_rest(url: str, workflow_id: int, headers: dict[str, str] | None = None) -> None:
+    response = httpx.get(f"{url}/workflows/{workflow_id}", timeout=10.0, headers=headers)
     data = response.json() if response.status_code == 200 else None
     if not data or data.get("id") != workflow_id or len(data.get("tasks", [])) != 5:
         raise BenchError(f"GET /workflows/{workflow_id}: {response.status_code} {response.text}")
 
 
-def check_graphql(url: str, workflow_id: int) -> None:
+def check_graphql(url: str, workflow_id: int, headers: dict[str, str] | None = None) -> None:
     response = httpx.post(
         f"{url}/graphql",
         content=graphql_body(workflow_id),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **(headers or {})},
         timeout=10.0,
     )
     data = response.json() if response.status_code == 200 else {}
@@ -361,8 +384,8 @@ def check_graphql(url: str, workflow_id: int) -> None:
         raise BenchError(f"POST /graphql: {response.status_code} {response.text}")
 
 
-def cache_counters(url: str) -> tuple[int, int]:
-    text = httpx.get(f"{url}/metrics", timeout=10.0).text
+def cache_counters(url: str, headers: dict[str, str] | None = None) -> tuple[int, int]:
+    text = httpx.get(f"{url}/metrics", timeout=10.0, headers=headers).text
     counts = dict(re.findall(r"^(workflow_cache_\w+_total) (\d+)$", text, re.MULTILINE))
     return int(counts.get("workflow_cache_hits_total", 0)), int(
         counts.get("workflow_cache_misses_total", 0)
@@ -387,6 +410,11 @@ def lua_post(body: str) -> str:
         f"wrk.body = [{level}[{body}]{level}]\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
+
+
+def lua_headers(headers: dict[str, str]) -> str:
+    """wrk script lines that send `headers` with every request (the API key)."""
+    return "".join(f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers.items())
 
 
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
@@ -428,6 +456,7 @@ def wrk_run(
     url: str,
     seconds: float,
     script: Path | None,
+    headers: dict[str, str] | None = None,
 ) -> str:
     command = [
         wrk,
@@ -439,6 +468,8 @@ def wrk_run(
     ]
     if script is not None:
         command.append(f"--script={script}")
+    for name, value in (headers or {}).items():
+        command.append(f"--header={name}: {value}")
     try:
         completed = subprocess.run(
             [*command, url],
@@ -462,17 +493,18 @@ def measure(
     server_pid: int,
     script: Path | None = None,
     metrics_url: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Result:
     if args.warmup > 0:
-        wrk_run(wrk, args, url, args.warmup, script)
+        wrk_run(wrk, args, url, args.warmup, script, headers)
     best: Result | None = None
     for _ in range(args.repeat):
-        before = cache_counters(metrics_url) if metrics_url else (0, 0)
+        before = cache_counters(metrics_url, headers) if metrics_url else (0, 0)
         with cpu_accounting(server_pid) as cpu:
-            output = wrk_run(wrk, args, url, args.duration, script)
+            output = wrk_run(wrk, args, url, args.duration, script, headers)
         cache = "-"
         if metrics_url:
-            after = cache_counters(metrics_url)
+            after = cache_counters(metrics_url, headers)
             hits, misses = after[0] - before[0], after[1] - before[1]
             if cache_backend(metrics_url) == "none":
                 cache = "off"
@@ -575,24 +607,34 @@ def run(args: argparse.Namespace, wrk: str) -> list[Result]:
         with backend_env(args, workdir) as env:
             with server("ceiling", [CEILING_APP], base_env(), workdir) as (url, pid):
                 results.append(measure(wrk, args, "(a) ceiling: bare ASGI JSON", f"{url}/", pid))
-            for cached in (True, False):
+            variants = [("cached", "bc"), ("uncached", "de")]
+            if args.auth:
+                variants.append(("cached, with a key", "fg"))
+            for tag, letters in variants:
                 api_env = dict(env)
-                if not cached:
+                if tag == "uncached":
                     api_env["WORKFLOW_CACHE_TTL"] = "0"
-                tag = "cached" if cached else "uncached"
+                headers: dict[str, str] = {}
+                if tag == "cached, with a key":
+                    api_env["WORKFLOW_ADMIN_KEY"] = ADMIN_KEY
                 app = ["--factory", API_FACTORY]
                 with server(f"API ({tag})", app, api_env, workdir) as (url, pid):
-                    workflow_id = create_workflow(url)
-                    check_rest(url, workflow_id)
-                    check_graphql(url, workflow_id)
+                    if tag == "cached, with a key":
+                        # A viewer key from the database, as clients hold: each request is
+                        # checked by its hash (cached in the process, as in production).
+                        headers = {"Authorization": f"Bearer {make_viewer_key(url)}"}
+                        workflow_id = create_workflow(url, {"Authorization": f"Bearer {ADMIN_KEY}"})
+                    else:
+                        workflow_id = create_workflow(url)
+                    check_rest(url, workflow_id, headers)
+                    check_graphql(url, workflow_id, headers)
                     backend = cache_backend(url)
                     print(
                         f"API {tag}: pid {pid}, cache backend {backend}, workflow {workflow_id}",
                         flush=True,
                     )
-                    script = workdir / f"graphql-{tag}.lua"
-                    script.write_text(lua_post(graphql_body(workflow_id)))
-                    letters = "bc" if cached else "de"
+                    script = workdir / f"graphql-{letters}.lua"
+                    script.write_text(lua_post(graphql_body(workflow_id)) + lua_headers(headers))
                     results.append(
                         measure(
                             wrk,
@@ -601,6 +643,7 @@ def run(args: argparse.Namespace, wrk: str) -> list[Result]:
                             f"{url}/workflows/{workflow_id}",
                             pid,
                             metrics_url=url,
+                            headers=headers,
                         )
                     )
                     results.append(
@@ -612,6 +655,7 @@ def run(args: argparse.Namespace, wrk: str) -> list[Result]:
                             pid,
                             script=script,
                             metrics_url=url,
+                            headers=headers,
                         )
                     )
     return results
@@ -639,6 +683,11 @@ def report(results: list[Result]) -> None:
             f"{ratio:>10.1%}"
         )
     cached = [r for r in results if r.label.endswith(", cached")]
+    keyed = [r for r in results if r.label.endswith(", with a key")]
+    for plain, with_key in zip(cached, keyed, strict=False):
+        share = with_key.rps / plain.rps if plain.rps else 0.0
+        verdict = "meets" if share >= 0.9 else "BELOW"
+        print(f"target (with a key >= 90% of without): {verdict}: {with_key.label} at {share:.1%}")
     print()
     print(
         "srv CPU: cores the server process used; wait: fraction of the run its threads were\n"
@@ -669,6 +718,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wrk threads (default 1: wrk shares the machine with the server)",
     )
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per row")
+    parser.add_argument(
+        "--auth",
+        action="store_true",
+        help="also (f), (g): the cached rows with an API key on every request",
+    )
     parser.add_argument(
         "--repeat",
         type=int,

@@ -886,3 +886,22 @@ def test_worker_health_checks_answer(
         client.close()
     for name, code in checks.items():
         assert run_check(code, REDIS_URL=REDIS_TEST_URL) == 0, f"{name}: Redis answers, check fails"
+
+
+def test_roles_listening_beyond_loopback_start_with_a_key(
+    compose: dict[str, Any], roles: dict[str, argparse.Namespace]
+) -> None:
+    # An open service refuses a public address (exit 2): every role that listens on one gets
+    # WORKFLOW_ADMIN_KEY, from the environment of `docker compose up`, required (`:?`).
+    from models.startup import is_loopback
+
+    services = compose["services"]
+    checked = 0
+    for name, args in roles.items():
+        host = getattr(args, "host", None)
+        if host is None or is_loopback(host):
+            continue
+        value = environment(services[name]).get("WORKFLOW_ADMIN_KEY", "")
+        assert re.fullmatch(r"\$\{WORKFLOW_ADMIN_KEY:\?[^}$]+\}", value), f"{name}: {value!r}"
+        checked += 1
+    assert checked, "no role listens beyond loopback: the check checked nothing"
