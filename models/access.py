@@ -145,6 +145,18 @@ class Authenticator:
                     self._required_until = time.monotonic() + CACHE_SECONDS
         return self._required
 
+    def open_now(self) -> bool:
+        """True when calls need no key, as far as this process knows without asking the
+        database (auth off, or no key made as of less than CACHE_SECONDS ago): the hot
+        path's answer, with no await."""
+        if not self.enabled:
+            return True
+        return (
+            self._admin_key is None
+            and not self._required
+            and time.monotonic() < self._required_until
+        )
+
     async def principal(self, authorization: str | None) -> Principal:
         """The caller. Raises NotAuthenticated."""
         if not await self.required():
