@@ -27,7 +27,7 @@ from typing import Any, cast
 
 import orjson
 
-from exec_service.actions.builtin import describe
+from exec_service.actions.builtin import PermanentActionError, describe
 from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channel
 from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
@@ -218,6 +218,8 @@ class Runner:
                 values = {"interruptions": run.interruptions + 1, "error": str(exc)}
                 await self._write([RunChange(run.id, (RUNNING,), values)], task=run)
                 continue
+            except PermanentActionError as exc:
+                raise TaskFailed(run, describe(exc)) from None  # another attempt cannot help
             except Exception as exc:
                 error = describe(exc)
             else:

@@ -19,7 +19,7 @@ from saq import Job, Worker
 from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
-from exec_service.actions.builtin import describe
+from exec_service.actions.builtin import failure
 from exec_service.redis_client import redis_client
 from exec_service.saq_queue import IN_JOB_SLOT, TaskQueue
 from exec_service.types import TaskRequest
@@ -47,7 +47,7 @@ async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
     except asyncio.CancelledError:
         raise  # aborted by the engine (cancel, timeout): SAQ records it
     except Exception as exc:
-        return {"ok": False, "error": describe(exc)}
+        return failure(exc)
     finally:
         await heartbeat.stop()
     return {"ok": True, "output": output}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ from tests.services import fresh_postgres_database, redis_namespace
 
 if TYPE_CHECKING:
     from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
+
+# The http tasks of the tests call servers on this machine, which the http action refuses
+# unless admitted: admitted here, for this process and every process it starts (servers, SAQ
+# workers, Ray's workers). The tests of the refusal set the variable themselves.
+os.environ["WORKFLOW_HTTP_ALLOW"] = "127.0.0.1"
 
 BACKENDS = ["sqlite", "postgres-redis"]
 # The execution behaviour suite runs on every executor too (on PostgreSQL with Redis):

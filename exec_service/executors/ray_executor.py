@@ -37,7 +37,7 @@ import ray
 import ray.exceptions
 
 from exec_service import actions
-from exec_service.actions.builtin import ActionError, describe
+from exec_service.actions.builtin import describe, failed, failure
 from exec_service.executors import TaskInterrupted
 from exec_service.types import TaskRequest
 
@@ -66,7 +66,7 @@ class ActionRunner:
             action = actions.get(request["action"])
             output = await action(dict(request["parameters"]))
         except Exception as exc:
-            return {"ok": False, "error": describe(exc)}
+            return failure(exc)
         return {"ok": True, "output": output}
 
     async def ping(self) -> bool:
@@ -156,7 +156,7 @@ class RayExecutor:
         except _INTERRUPTIONS as exc:
             raise TaskInterrupted(f"Ray gave the task up: {describe(exc)}") from exc
         if not result["ok"]:
-            raise ActionError(result["error"])
+            raise failed(result)
         output: dict[str, Any] = result["output"]
         return output
 

@@ -20,7 +20,7 @@ from saq import Job, Worker
 from saq.job import Status
 from saq.types import Context
 
-from exec_service.actions.builtin import ActionError
+from exec_service.actions.builtin import ActionError, failed
 from exec_service.executors import TaskInterrupted
 from exec_service.executors.saq_answers import JobAnswers
 from exec_service.saq_queue import TaskQueue
@@ -101,7 +101,7 @@ class SaqExecutor:
             if answer.get("ok"):
                 output: dict[str, Any] = answer["output"]
                 return output
-            raise ActionError(str(answer.get("error")))
+            raise failed(answer)
         if job.status == Status.FAILED:
             # Our job function answers failures itself: this is SAQ failing to store the answer,
             # which is what an output that is not JSON does.
