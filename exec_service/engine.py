@@ -33,6 +33,7 @@ from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
 from models.executions import RunChange, now
+from models.inputs import DEFAULT_TASK_TIMEOUT_SECONDS
 from models.stages import stages as grouped
 from models.statuses import (
     CANCELLED,
@@ -201,16 +202,19 @@ class Runner:
                 ],
                 task=run,
             )
-            # Not asyncio.wait_for: on Python 3.11 that starts a task for every attempt.
-            deadline = asyncio.timeout(run.timeout_seconds)
+            # Not asyncio.wait_for: on Python 3.11 that starts a task for every attempt. A task
+            # without a timeout of its own gets the default: nothing holds a slot for ever.
+            timeout = run.timeout_seconds or DEFAULT_TASK_TIMEOUT_SECONDS
+            deadline = asyncio.timeout(timeout)
             try:
                 async with deadline:
-                    output = await self.engine.executor.run(self._request(run, attempt, parameters))
+                    output = await self.engine.executor.run(
+                        self._request(run, attempt, parameters, timeout)
+                    )
                 output = _check_output(output)
             except TimeoutError as exc:
                 # The task's own timeout, or a TimeoutError the action raised itself.
-                expired = deadline.expired() and run.timeout_seconds is not None
-                error = f"timed out after {run.timeout_seconds:g}s" if expired else describe(exc)
+                error = f"timed out after {timeout:g}s" if deadline.expired() else describe(exc)
             except asyncio.CancelledError:
                 raise
             except TaskInterrupted as exc:
@@ -243,7 +247,9 @@ class Runner:
             self.execution.id, self.execution.workflow_id, self.execution.input, earlier
         )
 
-    def _request(self, run: TaskRun, attempt: int, parameters: dict[str, Any]) -> TaskRequest:
+    def _request(
+        self, run: TaskRun, attempt: int, parameters: dict[str, Any], timeout: float
+    ) -> TaskRequest:
         return {
             "execution_id": self.execution.id,
             "run_id": run.id,
@@ -251,7 +257,7 @@ class Runner:
             "action": run.action,
             "parameters": parameters,
             "attempt": attempt,
-            "timeout_seconds": run.timeout_seconds,
+            "timeout_seconds": timeout,
         }
 
     async def _fail(self, failure: TaskFailed, cancelled: list[TaskRun]) -> None:

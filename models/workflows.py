@@ -17,7 +17,13 @@ from tortoise.transactions import in_transaction
 
 from models.cache import current_cache
 from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, Invalid, NotFound
-from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.inputs import (
+    INT32_MAX,
+    MAX_TASKS_PER_WORKFLOW,
+    TaskCreate,
+    WorkflowCreate,
+    WorkflowUpdate,
+)
 from models.stages import stages
 from models.tables import Task, Workflow
 from models.templates import check_when, has_templates, parameter_references
@@ -231,8 +237,23 @@ async def add_task(workflow_id: int, data: TaskCreate) -> dict[str, Any]:
     if not _valid_id(workflow_id):
         raise NotFound(WORKFLOW_NOT_FOUND)
     async with in_transaction("default") as connection:
-        if not await Workflow.filter(id=workflow_id).exists():
+        workflow = await Workflow.filter(id=workflow_id).select_for_update().first()
+        if workflow is None:
             raise NotFound(WORKFLOW_NOT_FOUND)
+        # Counted under the workflow's row lock: two adds at once cannot both pass the cap.
+        if await Task.filter(workflow_id=workflow_id).count() >= MAX_TASKS_PER_WORKFLOW:
+            raise Invalid(
+                f"Invalid input: a workflow has at most {MAX_TASKS_PER_WORKFLOW} tasks "
+                "(WORKFLOW_MAX_TASKS)",
+                [
+                    {
+                        "loc": ["path", "workflow_id"],
+                        "msg": f"the workflow has {MAX_TASKS_PER_WORKFLOW} tasks already, the "
+                        "most it may have (WORKFLOW_MAX_TASKS)",
+                        "type": "too_long",
+                    }
+                ],
+            )
         task = await Task.create(workflow_id=workflow_id, **_task_fields(data))
         await _check_references(workflow_id, connection)
     await _invalidate(workflow_id)

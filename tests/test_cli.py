@@ -133,7 +133,7 @@ def run_grpc_cli(server: LiveServer, *args: str) -> subprocess.CompletedProcess[
     return run_cli(server.url, *args, grpc_target=server.grpc_target)
 
 
-def make_workflow(server: LiveServer, parameters: dict[str, object]) -> int:
+def make_workflow(server: LiveServer, parameters: dict[str, object], *extra: str) -> int:
     workflow = json.loads(run_cli(server.url, "create", "runs").stdout)
     added = run_cli(
         server.url,
@@ -144,6 +144,7 @@ def make_workflow(server: LiveServer, parameters: dict[str, object]) -> int:
         "1",
         "--params",
         json.dumps(parameters),
+        *extra,
     )
     assert added.returncode == 0, added.stdout
     workflow_id: int = workflow["id"]
@@ -175,7 +176,8 @@ def test_execute_status_and_watch(server: LiveServer) -> None:
 
 
 def test_watch_exits_1_unless_completed(server: LiveServer) -> None:
-    workflow_id = make_workflow(server, {"duration": -1})  # noop refuses: the task fails
+    # Nothing listens on port 1: the task fails.
+    workflow_id = make_workflow(server, {"url": "http://127.0.0.1:1/"}, "--action", "http")
     started = run_grpc_cli(server, "execute", str(workflow_id))
     execution_id = started.stdout.splitlines()[0].rsplit(" ", 1)[1]
     watched = run_grpc_cli(server, "watch", execution_id)
@@ -240,3 +242,13 @@ def test_input_templates_retry_cancel_and_executions(server: LiveServer) -> None
     run_grpc_cli(server, "cancel", again.stdout.splitlines()[0].rsplit(" ", 1)[1])
     done = run_grpc_cli(server, "retry", "2147483000")
     assert done.stdout.strip() == "Error: API Error (NOT_FOUND): Execution not found"
+
+
+def test_a_noop_longer_than_its_timeout_is_refused_at_creation(server: LiveServer) -> None:
+    workflow = json.loads(run_cli(server.url, "create", "bounded").stdout)
+    args = ["add-task", str(workflow["id"]), "t", "--order", "1", "--params", '{"duration": 5}']
+    refused = run_cli(server.url, *args, "--timeout", "1")
+    assert refused.returncode == 1
+    assert "longer than the task's timeout" in refused.stdout
+    defaulted = run_cli(server.url, *args[:-1], '{"duration": 1e9}')
+    assert "(3600 s, the default)" in defaulted.stdout
