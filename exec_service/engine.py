@@ -64,6 +64,9 @@ class EngineConfig:
     retry_max_seconds: float = 30.0
     # A task whose attempts were cut short this many times (its process died each time) fails.
     max_interruptions: int = 3
+    # Executions this engine runs at once; more are accepted as `pending` and start, oldest
+    # first, as others end (here or on any engine sharing the database).
+    max_running: int = 1000
 
 
 class TaskFailed(Exception):
@@ -352,6 +355,11 @@ class Engine:
         self._commits: set[asyncio.Future[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._control_ready = asyncio.Event()
+        # Whether executions may be waiting `pending` (made here at capacity, or elsewhere):
+        # while they may, new ones queue behind them, so that they start in arrival order.
+        self._backlog = True
+        self._starting: asyncio.Task[None] | None = None
+        self._reserved = 0
 
     async def start(self) -> None:
         self._background = [
@@ -362,9 +370,12 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop every runner without writing, and hand their executions over at once."""
-        for task in [*self._background, *self.runners.values()]:
+        starting = [self._starting] if self._starting is not None else []
+        for task in [*self._background, *starting, *self.runners.values()]:
             task.cancel()
-        await asyncio.gather(*self._background, *self.runners.values(), return_exceptions=True)
+        await asyncio.gather(
+            *self._background, *starting, *self.runners.values(), return_exceptions=True
+        )
         # Writes already under way finish (they are shielded) before the leases are handed over.
         await asyncio.gather(*self._commits, return_exceptions=True)
         self.runners.clear()
@@ -380,17 +391,71 @@ class Engine:
         input: dict[str, Any] | None = None,
         triggered_by: str | None = None,
     ) -> tuple[int, bool]:
-        new = await store.create_execution(
-            workflow_id,
-            idempotency_key,
-            self.owner,
-            self.config.lease_seconds,
-            input=input,
-            triggered_by=triggered_by,
-        )
-        if new.created and new.execution is not None:
+        # Decided, and the room taken, before the first await: requests that arrive together
+        # must not all see the same free room.
+        queued = self._backlog or self._busy() >= self.config.max_running
+        if not queued:
+            self._reserved += 1
+        try:
+            new = await store.create_execution(
+                workflow_id,
+                idempotency_key,
+                self.owner,
+                self.config.lease_seconds,
+                input=input,
+                triggered_by=triggered_by,
+                pending=queued,
+            )
+        finally:
+            if not queued:
+                self._reserved -= 1
+        if new.created and queued:
+            self._backlog = True
+            self.start_pending()
+        elif new.created and new.execution is not None:
             self.spawn(new.id, (new.execution, new.runs))
         return new.id, new.created
+
+    def _busy(self) -> int:
+        """Executions running here, and those about to (room taken, not yet spawned)."""
+        return len(self.runners) + self._reserved
+
+    def start_pending(self) -> None:
+        """Start waiting executions, oldest first, while this engine has room (one round at a
+        time; a round asked for during one runs after it)."""
+        if self._starting is None or self._starting.done():
+            self._starting = asyncio.create_task(self._start_pending(), name="engine-pending")
+
+    async def _start_pending(self) -> None:
+        try:
+            while True:
+                room = self.config.max_running - self._busy()
+                if room <= 0:
+                    return
+                claimed = await store.claim_pending(self.owner, self.config.lease_seconds, room)
+                for execution_id in claimed:
+                    self.spawn(execution_id)
+                    await self._announce(execution_id)
+                if len(claimed) < room:
+                    self._backlog = False  # none left waiting (new ones come here first)
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("starting pending executions failed; the next lease round tries again")
+
+    async def _announce(self, execution_id: int) -> None:
+        """Tell watchers that a pending execution started (its runner announces the rest)."""
+        snapshot = await store.get_execution(execution_id)
+        event: ExecutionEvent = {
+            "execution_id": execution_id,
+            "version": snapshot["version"],
+            "task_id": None,
+            "task_status": None,
+            "at": iso(now()) or "",
+            "execution": snapshot,
+        }
+        await self.bus.publish(execution_channel(execution_id), orjson.dumps(event), event)
 
     async def retry(self, execution_id: int, triggered_by: str | None = None) -> int:
         """Start a new execution of a failed or cancelled one, from where it failed. Raises
@@ -456,6 +521,8 @@ class Engine:
             if self.runners.get(execution_id) is task:
                 del self.runners[execution_id]
                 del self._spawned_at[execution_id]
+                if self._backlog:
+                    self.start_pending()  # its room goes to the oldest waiting execution
 
         task.add_done_callback(forget)
 
@@ -511,6 +578,9 @@ class Engine:
                 for execution_id in claimed:
                     log.info("took over execution %s", execution_id)
                     self.spawn(execution_id)
+                # Executions left pending by another engine (or one that died) start here too.
+                # (Without raising the backlog flag: new executions keep their fast path.)
+                self.start_pending()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -97,6 +97,7 @@ class ExecutionService:
             EngineConfig(
                 lease_seconds=settings.lease_seconds,
                 retry_base_seconds=settings.retry_base_seconds,
+                max_running=settings.max_running,
             ),
         )
         await self.engine.start()

@@ -218,8 +218,10 @@ async def create_execution(
     lease_seconds: float,
     input: dict[str, Any] | None = None,
     triggered_by: str | None = None,
+    pending: bool = False,
 ) -> NewExecution:
-    """Snapshot the workflow's tasks into a new execution owned by `owner`.
+    """Snapshot the workflow's tasks into a new execution owned by `owner`; with `pending`,
+    one that waits, owned by nobody, until an engine has room (claim_pending).
 
     With an idempotency key seen before for this workflow, answers the first execution's id
     with `created` False. Raises NotFound.
@@ -234,11 +236,11 @@ async def create_execution(
     values = {
         "workflow_id": workflow_id,
         "idempotency_key": idempotency_key or None,
-        "status": IN_PROGRESS,
+        "status": PENDING if pending else IN_PROGRESS,
         "created_at": started,
-        "started_at": started,
-        "lease_owner": owner,
-        "lease_expires_at": started + timedelta(seconds=lease_seconds),
+        "started_at": None if pending else started,
+        "lease_owner": None if pending else owner,
+        "lease_expires_at": None if pending else started + timedelta(seconds=lease_seconds),
         "version": 1,
         "input": input,
         "triggered_by": triggered_by,
@@ -559,6 +561,31 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
                 .update(status=PENDING, interruptions=F("interruptions") + 1)
             )
         claimed.append(int(candidate["id"]))
+    return claimed
+
+
+async def claim_pending(owner: str, lease_seconds: float, limit: int) -> list[int]:
+    """Start up to `limit` pending executions, oldest first, as `owner`'s. Returns their ids."""
+    rows = await Execution.filter(status=PENDING).order_by("id").limit(limit).values("id")
+    claimed = []
+    for execution_id in (int(row["id"]) for row in rows):
+        moment = now()
+        async with in_transaction("default") as connection:
+            # Compare-and-set: of several engines claiming at once, one wins; a cancelled one
+            # is no longer pending.
+            won = (
+                await Execution.filter(id=execution_id, status=PENDING)
+                .using_db(connection)
+                .update(
+                    status=IN_PROGRESS,
+                    started_at=moment,
+                    lease_owner=owner,
+                    lease_expires_at=moment + timedelta(seconds=lease_seconds),
+                    version=F("version") + 1,
+                )
+            )
+        if won:
+            claimed.append(int(execution_id))
     return claimed
 
 

@@ -36,6 +36,8 @@ class Settings:
     auth_enabled: bool = True
     # GRPC_TLS_CA: the CA that signs the execution service's certificate (clients verify it).
     grpc_tls_ca: str | None = None
+    # WORKFLOW_MAX_RUNNING: executions one engine runs at once; more wait `pending`.
+    max_running: int = 1000
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -52,4 +54,5 @@ class Settings:
             service_key=os.environ.get("WORKFLOW_SERVICE_KEY") or None,
             auth_enabled=(os.environ.get("WORKFLOW_AUTH") or "on").strip().lower() != "off",
             grpc_tls_ca=os.environ.get("GRPC_TLS_CA") or None,
+            max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
         )

@@ -17,7 +17,7 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 
 def noop(name: str, order: int, duration: float = 0, **fields: Any) -> dict[str, Any]:
-    return {"name": name, "order": order, "parameters": {"duration": duration}, **fields}
+    return {"name": name, "order": order, "parameters": {"duration": duration}} | fields
 
 
 async def make_workflow(client: httpx.AsyncClient, tasks: list[dict[str, Any]]) -> int:

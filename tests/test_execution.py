@@ -182,7 +182,11 @@ async def test_exhausted_retries_fail_the_execution_skip_the_rest_cancel_sibling
 
 
 async def test_timeouts(client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub) -> None:
-    final = await run(client, stub, [noop("slow", 1, 5, timeout_seconds=0.2, max_attempts=2)])
+    # A noop longer than its timeout is refused at creation; from a template, it runs.
+    slow = {"duration": "{{ 5 }}"}
+    final = await run(
+        client, stub, [noop("slow", 1, parameters=slow, timeout_seconds=0.2, max_attempts=2)]
+    )
     assert final.status == "failed"
     assert final.tasks[0].attempts == 2
     assert "timed out after 0.2s" in final.tasks[0].error
