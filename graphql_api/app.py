@@ -10,8 +10,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+from cross_web import HTTPException
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.requests import HTTPConnection
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
@@ -43,6 +45,21 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
 
     graphql_transport_ws_handler_class = AuthenticatedTransportWS
 
+    async def execute_single(
+        self,
+        request: Any,
+        request_adapter: Any,
+        sub_response: Any,
+        context: Any,
+        root_value: Any,
+        request_data: Any,
+    ) -> Any:
+        if _is_subscription(request_data.query, request_data.operation_name):
+            raise HTTPException(400, SUBSCRIPTION_OVER_HTTP)
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
+
     def decode_json(self, data: str | bytes) -> object:
         try:
             return json.loads(data)
@@ -58,6 +75,24 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
         if _is_request_error(response_data):
             sub_response.status_code = 400
         return super().create_response(response_data, sub_response)
+
+
+SUBSCRIPTION_OVER_HTTP = (
+    "Subscriptions are served over WebSocket, with the graphql-transport-ws protocol on "
+    "/graphql, not over HTTP requests"
+)
+
+
+def _is_subscription(query: str | None, operation_name: str | None) -> bool:
+    """Whether the document's operation is a subscription (parsed only when the text could be
+    one: most requests never pay for it)."""
+    if not query or "subscription" not in query:
+        return False
+    try:
+        operation = get_operation_ast(parse(query), operation_name)
+    except GraphQLError:
+        return False  # left to the executor, which answers what is wrong with it
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
 
 
 def _is_request_error(data: GraphQLHTTPResponse | list[GraphQLHTTPResponse]) -> bool:
