@@ -138,3 +138,25 @@ async def test_subscribing_to_a_missing_execution_is_an_error(server: LiveServer
     assert message["type"] in ("error", "next")
     errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
     assert errors[0]["extensions"]["code"] == "NOT_FOUND"
+
+
+async def test_a_connection_holds_at_most_100_subscriptions(server: LiveServer) -> None:
+    execution_id = await start_execution(server, [30])  # long: every subscription stays open
+    socket = await subscribe(server, execution_id)  # the first one, "1"
+    try:
+        for number in range(2, 102):
+            payload = {"query": SUBSCRIPTION, "variables": {"id": str(execution_id)}}
+            await socket.send(
+                json.dumps({"id": str(number), "type": "subscribe", "payload": payload})
+            )
+        refused = None
+        while refused is None:
+            message = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            if message["type"] == "error":
+                refused = message
+        assert refused["id"] == "101"
+        assert refused["payload"][0]["message"] == "Subscription limit reached"
+    finally:
+        await socket.close()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        await http.post(f"/executions/{execution_id}/cancel")
