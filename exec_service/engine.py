@@ -444,8 +444,9 @@ class Engine:
         except Exception:
             log.exception("starting pending executions failed; the next lease round tries again")
 
-    async def _announce(self, execution_id: int) -> None:
-        """Tell watchers that a pending execution started (its runner announces the rest)."""
+    async def _announce(self, execution_id: int) -> dict[str, Any]:
+        """Tell watchers the execution's state as the database has it now (a change made
+        outside a runner: a pending execution started, or a cancel); answer that state."""
         snapshot = await store.get_execution(execution_id)
         event: ExecutionEvent = {
             "execution_id": execution_id,
@@ -456,6 +457,7 @@ class Engine:
             "execution": snapshot,
         }
         await self.bus.publish(execution_channel(execution_id), orjson.dumps(event), event)
+        return snapshot
 
     async def retry(self, execution_id: int, triggered_by: str | None = None) -> int:
         """Start a new execution of a failed or cancelled one, from where it failed. Raises
@@ -469,16 +471,7 @@ class Engine:
     async def cancel(self, execution_id: int) -> dict[str, Any]:
         """Cancel wherever it runs. Raises NotFound. Returns the execution as it now is."""
         if await store.cancel(execution_id):
-            snapshot = await store.get_execution(execution_id)
-            event: ExecutionEvent = {
-                "execution_id": execution_id,
-                "version": snapshot["version"],
-                "task_id": None,
-                "task_status": None,
-                "at": iso(now()) or "",
-                "execution": snapshot,
-            }
-            await self.bus.publish(execution_channel(execution_id), json.dumps(event).encode())
+            snapshot = await self._announce(execution_id)
             # The owner (maybe another process) stops its tasks; its writes are fenced anyway.
             await self.bus.publish(CONTROL_CHANNEL, json.dumps({"cancel": execution_id}).encode())
             self._stop_runner(execution_id)
