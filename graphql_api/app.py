@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from cross_web import HTTPException
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.requests import HTTPConnection
@@ -28,6 +29,7 @@ from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
+from graphql_api.validation_errors import validation_error
 from models import api_keys
 from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
@@ -195,6 +197,8 @@ def create_app(
         ),
         prefix="/graphql",
     )
+
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.exception_handler(WorkflowError)
     async def workflow_error(_: Request, exc: Exception) -> JSONResponse:

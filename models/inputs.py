@@ -46,8 +46,15 @@ ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
 
 
 def _no_nul(value: str) -> str:
+    """Text every store takes: no NUL, and valid Unicode (a lone surrogate, which JSON's
+    `\\ud800` escapes can carry, cannot be written as UTF-8)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates)") from None
     return value
 
 
@@ -97,11 +104,14 @@ IdempotencyKey = Annotated[str, Field(max_length=IDEMPOTENCY_KEY_MAX), AfterVali
 
 def idempotency_key(value: str | None, argument: str) -> str | None:
     """A client's idempotency key, checked as IdempotencyKey is; "" counts as none."""
-    if value and (len(value) > IDEMPOTENCY_KEY_MAX or "\x00" in value):
-        raise Invalid(
-            f"Invalid input: {argument}: at most {IDEMPOTENCY_KEY_MAX} characters, no NUL"
-        )
-    return value or None
+    if not value:
+        return None
+    if len(value) > IDEMPOTENCY_KEY_MAX:
+        raise Invalid(f"Invalid input: {argument}: at most {IDEMPOTENCY_KEY_MAX} characters")
+    try:
+        return _no_nul(value)
+    except ValueError as exc:
+        raise Invalid(f"Invalid input: {argument}: {exc}") from None
 
 
 def _check_templates(value: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,122 @@
+"""Inputs that used to answer 500 (issue 16's probe): a lone surrogate anywhere text goes,
+NaN, Infinity and 1e400 anywhere a number goes, and a large invalid body echoed back whole.
+Each is now a 422 naming the field (REST) or BAD_USER_INPUT (GraphQL), with echoed values cut
+short. On SQLite and on PostgreSQL with Redis."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from graphql_api.validation_errors import INPUT_ECHO_MAX
+from tests.executions import make_workflow
+
+TASK = '{"name": "t", "order": 1, %s}'
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"name": "\\ud800"}', "name"),
+        ('{"name": "ok", "description": "a \\udfff b"}', "description"),
+        ('{"name": "x", "tasks": [' + TASK % '"parameters": {"k": "\\ud800"}' + "]}", "parameters"),
+        ('{"name": "x", "tasks": [' + TASK % '"parameters": {"\\ud800": 1}' + "]}", "parameters"),
+        ('{"name": "x", "tasks": [' + TASK % '"parameters": {"x": NaN}' + "]}", "parameters"),
+        ('{"name": "x", "tasks": [' + TASK % '"parameters": {"x": -Infinity}' + "]}", "parameters"),
+        ('{"name": "x", "tasks": [' + TASK % '"parameters": {"x": 1e400}' + "]}", "parameters"),
+        (
+            '{"name": "x", "tasks": [' + TASK % '"timeout_seconds": Infinity' + "]}",
+            "timeout_seconds",
+        ),
+        ('{"name": "x", "tasks": [' + TASK % '"timeout_seconds": NaN' + "]}", "timeout_seconds"),
+    ],
+)
+async def test_hostile_text_and_numbers_are_a_422_naming_the_field(
+    client: httpx.AsyncClient, body: str, field: str
+) -> None:
+    answer = await client.post(
+        "/workflows/", content=body, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert any(field in error["loc"] for error in detail), detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"idempotency_key": "\\ud800"}',
+        '{"input": {"a": NaN}}',
+        '{"input": {"a": [1, Infinity]}}',
+        '{"input": {"\\ud800": 1}}',
+        '{"input": {"a": "\\udc00"}}',
+    ],
+)
+async def test_hostile_execute_bodies_are_a_422(client: httpx.AsyncClient, body: str) -> None:
+    workflow_id = await make_workflow(client, [])
+    answer = await client.post(
+        f"/workflows/{workflow_id}/execute",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 422, answer.text
+    assert (await client.get(f"/workflows/{workflow_id}/executions")).json() == []
+
+
+async def test_a_large_invalid_body_is_not_echoed_whole(client: httpx.AsyncClient) -> None:
+    body = {"name": "x", "tasks": [{"name": "t", "order": "not a number " + "y" * 337_000}]}
+    answer = await client.post("/workflows/", json=body)
+    assert answer.status_code == 422
+    assert len(answer.content) < 2 * INPUT_ECHO_MAX + 500
+    error = answer.json()["detail"][0]
+    assert error["loc"] == ["body", "tasks", 0, "order"]
+    assert error["input"].endswith("…(truncated)")
+
+
+async def test_an_ordinary_invalid_body_is_answered_as_fastapi_did(
+    client: httpx.AsyncClient,
+) -> None:
+    answer = await client.post("/workflows/", json={"name": 12345})
+    assert answer.json() == {
+        "detail": [
+            {
+                "type": "string_type",
+                "loc": ["body", "name"],
+                "msg": "Input should be a valid string",
+                "input": 12345,
+            }
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("variables", "text"),
+    [
+        ({"input": {"name": "\ud800"}}, "input.name: "),
+        ({"input": {"name": "x", "description": "\udfff"}}, "input.description: "),
+        (
+            {
+                "input": {
+                    "name": "x",
+                    "tasks": [{"name": "t", "order": 1, "parameters": {"k": "\ud800"}}],
+                }
+            },
+            "lone surrogates",
+        ),
+    ],
+)
+async def test_graphql_refuses_hostile_text_as_bad_user_input(
+    client: httpx.AsyncClient, variables: dict[str, object], text: str
+) -> None:
+    mutation = "mutation($input: WorkflowInput!) { createWorkflow(input: $input) { id } }"
+    # Sent as the escapes JSON allows for a lone surrogate.
+    content = json.dumps({"query": mutation, "variables": variables})
+    answer = await client.post(
+        "/graphql", content=content, headers={"content-type": "application/json"}
+    )
+    assert answer.status_code < 500, answer.text
+    error = answer.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT", error
+    assert text in error["message"]
