@@ -27,6 +27,7 @@ from graphql_api.body_limit import BodySizeLimit
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
+from graphql_api.json_only import JsonOnly
 from graphql_api.loaders import executions_loader
 from graphql_api.schema import schema
 from graphql_api.validation_errors import validation_error
@@ -210,6 +211,7 @@ def create_app(
     app.add_middleware(FastGraphQLReads)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(FastWorkflowReads)
+    app.add_middleware(JsonOnly)
     # Added last, so it runs first: nothing answers a caller before it is known.
     app.add_middleware(Authentication)
     return app

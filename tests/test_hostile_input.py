@@ -120,3 +120,33 @@ async def test_graphql_refuses_hostile_text_as_bad_user_input(
     error = answer.json()["errors"][0]
     assert error["extensions"]["code"] == "BAD_USER_INPUT", error
     assert text in error["message"]
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""]
+)
+async def test_state_changing_requests_carry_json_or_nothing(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    """What a web page can send without a preflight is refused: no run started from a page."""
+    workflow_id = await make_workflow(client, [])
+    headers = {"content-type": content_type} if content_type else {}
+    for path in (f"/workflows/{workflow_id}/execute", "/workflows/", "/graphql"):
+        refused = await client.post(path, content=b'{"name": "x"}', headers=headers)
+        assert refused.status_code == 415, (path, refused.text)
+        assert refused.json() == {"detail": "Content-Type must be application/json"}
+    assert (await client.get(f"/workflows/{workflow_id}/executions")).json() == []
+
+
+async def test_json_with_parameters_and_an_empty_post_are_accepted(
+    client: httpx.AsyncClient,
+) -> None:
+    workflow_id = await make_workflow(client, [])
+    empty = await client.post(f"/workflows/{workflow_id}/execute")
+    assert empty.status_code == 200, empty.text
+    typed = await client.post(
+        f"/workflows/{workflow_id}/execute",
+        content=b'{"idempotency_key": "k"}',
+        headers={"content-type": "Application/JSON; charset=utf-8"},
+    )
+    assert typed.status_code == 200, typed.text
