@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from exec_service.request_checks import checked
 from models.access import Authenticator, Forbidden, NotAuthenticated, Principal, Role, require
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,4 +110,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, exc.message)
         except Forbidden as exc:
             return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, exc.message)
+        if method in self.roles:  # our own service's methods (not reflection's)
+            return checked(handler)
         return handler

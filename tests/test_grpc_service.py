@@ -214,3 +214,49 @@ async def test_watching_an_execution_that_runs_here_starts_without_reading_it(
     messages = [message async for message in stub.WatchExecution(request)]
     assert reads == [started.execution_id]
     assert [message.status for message in messages] == ["completed"]
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("method", "payload", "detail"),
+    [
+        # execution_id = 2**32 + 1: protobuf alone reads it as 1.
+        ("GetWorkflowStatus", b"\x08" + _varint(2**32 + 1), "out of range"),
+        ("CancelExecution", b"\x08" + _varint(2**31), "out of range"),
+        ("WatchExecution", b"\x08" + _varint(2**40), "out of range"),
+        ("ExecuteWorkflow", b"\x08" + _varint(2**33), "out of range"),
+        ("GetWorkflowStatus", b"\xff\xff\xff", "malformed request"),
+        ("ExecuteWorkflow", b"\x12\x50abc", "malformed request"),  # a string longer than sent
+    ],
+)
+async def test_ids_out_of_int32_and_garbage_bytes_are_invalid_arguments(
+    channel: grpc.aio.Channel, method: str, payload: bytes, detail: str
+) -> None:
+    path = f"/execution.WorkflowExecution/{method}"
+
+    async def send() -> None:
+        if method == "WatchExecution":
+            stream: Any = channel.unary_stream(path)
+            async for _ in stream(payload, timeout=5):
+                pass
+        else:
+            single: Any = channel.unary_unary(path)
+            await single(payload, timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await send()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = refused.value.details() or ""
+    assert detail in message
+    assert "DecodeError" not in message
+    assert "google.protobuf" not in message
+    await channel.close()
