@@ -18,6 +18,7 @@ from exec_service.authz import AuthInterceptor, method_roles
 from exec_service.bus import EventBus, make_bus
 from exec_service.engine import Engine, EngineConfig
 from exec_service.executors import Executor, make_executor
+from exec_service.pruner import Pruner
 from exec_service.servicer import WorkflowExecutionServicer
 from models import api_keys
 from models.access import Authenticator
@@ -81,6 +82,7 @@ class ExecutionService:
         self.engine: Engine | None = None
         self.server: grpc.aio.Server | None = None
         self.local_socket = local_socket
+        self.pruner: Pruner | None = None
         self._local_folder: str | None = None
 
     async def start(self) -> None:
@@ -101,6 +103,9 @@ class ExecutionService:
             ),
         )
         await self.engine.start()
+        if settings.retention_seconds is not None:
+            self.pruner = Pruner(settings.retention_seconds, settings.prune_every_seconds)
+            self.pruner.start()
 
         servicer = WorkflowExecutionServicer(self.engine, self.bus, self.authenticator)
         roles = method_roles(SERVICE_NAME, servicer)
@@ -132,6 +137,8 @@ class ExecutionService:
         )
 
     async def stop(self) -> None:
+        if self.pruner is not None:
+            await self.pruner.stop()
         if self.server is not None:
             await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         if self.engine is not None:

@@ -15,6 +15,7 @@ from graphql_api.auth import needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
 from models import executions as execution_store
+from models import retention
 from models import workflows as store
 from models.access import Role
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
@@ -148,6 +149,13 @@ async def cancel_execution(execution_id: int, request: Request) -> Response:
 @_route("GET", "/executions/{execution_id}", ExecutionOut, Role.VIEWER)
 async def get_execution(execution_id: int) -> Response:
     return await _execution_json(execution_id)
+
+
+@_route("DELETE", "/executions/{execution_id}", Success, Role.OPERATOR)
+async def delete_execution(execution_id: int) -> Response:
+    """Delete an ended execution with its task runs (409 while it is pending or running)."""
+    await retention.delete_execution(execution_id)
+    return _json(SUCCESS)
 
 
 @_route("GET", "/workflows/{workflow_id}/executions", list[ExecutionOut], Role.VIEWER)

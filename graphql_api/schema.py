@@ -38,7 +38,7 @@ from graphql_api.types import (
     WorkflowInput,
     checked_page,
 )
-from models import api_keys
+from models import api_keys, retention
 from models import executions as execution_store
 from models import workflows as store
 from models.access import Role
@@ -201,6 +201,14 @@ class Mutation(KeyMutation):
     async def retry_execution(self, info: strawberry.Info, id: strawberry.ID) -> Execution:
         execution_id = await _client(info).retry(parse_id(id), _authorization(info))
         return Execution.from_dict(await execution_store.get_execution(execution_id))
+
+    @strawberry.mutation(
+        description="Delete an ended execution with its task runs (CONFLICT while it runs).",
+        permission_classes=[Needs.OPERATOR],
+    )
+    async def delete_execution(self, id: strawberry.ID) -> bool:
+        await retention.delete_execution(parse_id(id))
+        return True
 
     @strawberry.mutation(
         description="Stop the execution's running tasks and mark it cancelled.",

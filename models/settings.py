@@ -10,6 +10,13 @@ from dotenv import load_dotenv
 DEFAULT_DATABASE_URL = "sqlite://workflows.sqlite3"
 
 
+def _duration(variable: str, default: float | None) -> float | None:
+    from models.retention import parse_duration  # models.retention imports the ORM tables
+
+    text = os.environ.get(variable, "").strip()
+    return parse_duration(text, variable) if text else default
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -38,6 +45,10 @@ class Settings:
     grpc_tls_ca: str | None = None
     # WORKFLOW_MAX_RUNNING: executions one engine runs at once; more wait `pending`.
     max_running: int = 1000
+    # WORKFLOW_RETENTION: ended executions older than this many seconds are deleted (None:
+    # kept for ever), checked every WORKFLOW_PRUNE_EVERY seconds by the execution service.
+    retention_seconds: float | None = None
+    prune_every_seconds: float = 60.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +66,6 @@ class Settings:
             auth_enabled=(os.environ.get("WORKFLOW_AUTH") or "on").strip().lower() != "off",
             grpc_tls_ca=os.environ.get("GRPC_TLS_CA") or None,
             max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
+            retention_seconds=_duration("WORKFLOW_RETENTION", None),
+            prune_every_seconds=_duration("WORKFLOW_PRUNE_EVERY", 60.0) or 60.0,
         )

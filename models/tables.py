@@ -96,8 +96,13 @@ class Execution(Model):
     class Meta:
         table = "executions"
         unique_together = (("workflow_id", "idempotency_key"),)
-        # Take-over scans by status and expiry; each owner renews its own leases by owner.
-        indexes = (("status", "lease_expires_at"), ("lease_owner", "status"))
+        # Take-over scans by status and expiry; each owner renews its own leases by owner; the
+        # pruner finds ended executions by status and end.
+        indexes = (
+            ("status", "lease_expires_at"),
+            ("lease_owner", "status"),
+            ("status", "completed_at"),
+        )
 
 
 class TaskRun(Model):
