@@ -20,6 +20,9 @@ from models.access import Authenticator, Forbidden, NotAuthenticated, Principal,
 F = TypeVar("F", bound=Callable[..., Any])
 REQUIRED_ROLE = "_required_role"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# gRPC metadata naming what an admin caller starts an execution for (`trigger:<id>`): the
+# execution records it as its triggered_by.
+ON_BEHALF_OF = "x-workflow-on-behalf-of"
 
 
 def needs(role: Role) -> Callable[[F], F]:

@@ -8,23 +8,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 
-from exec_service.authz import caller, needs
+from exec_service.authz import ON_BEHALF_OF, caller, needs
 from exec_service.bus import EventBus
 from exec_service.engine import Engine
 from exec_service.watch import watch
 from models import executions as store
-from models.access import Authenticator, Role
+from models.access import Authenticator, Principal, Role
 from models.errors import Invalid, WorkflowError
 from models.inputs import execution_input, idempotency_key
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+ON_BEHALF = re.compile(r"^(trigger|schedule):\d{1,10}$")
 
 T = TypeVar("T")
 
@@ -85,6 +87,15 @@ def _positive(value: int, name: str) -> int:
     return value
 
 
+def _on_behalf_of(context: grpc.aio.ServicerContext[Any, Any], who: Principal) -> str | None:
+    """`trigger:<id>` or `schedule:<id>` from an admin caller (the HTTP plane relaying a
+    webhook): what the execution records as started by. Anyone else's is ignored."""
+    for key, value in context.invocation_metadata() or ():
+        if key == ON_BEHALF_OF and who.role == Role.ADMIN and ON_BEHALF.match(str(value)):
+            return str(value)
+    return None
+
+
 def _input(text: str) -> dict[str, Any] | None:
     """`input_json`: "" for none, else JSON text of an object (checked as every edge does)."""
     if not text:
@@ -130,7 +141,8 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
             key = idempotency_key(request.idempotency_key, "idempotency_key")
             input = _input(request.input_json)
             who = await caller(self.authenticator, context)
-            execution_id, created = await self.engine.execute(workflow_id, key, input, who.name)
+            triggered_by = _on_behalf_of(context, who) or who.name
+            execution_id, created = await self.engine.execute(workflow_id, key, input, triggered_by)
             status = "in_progress"
             if not created:  # a repeated key: the first execution, as it is now
                 status = (await store.get_execution(execution_id))["status"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from exec_service.server import ExecutionService, ServerTls
-from graphql_api import health, rest
+from graphql_api import health, hooks, rest
 from graphql_api.auth import AuthenticatedTransportWS, Authentication
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.exec_client import ExecutionClient
@@ -132,6 +133,9 @@ def create_app(
         set_cache(cache)
         authenticator = api_keys.authenticator(settings.admin_key, settings.auth_enabled)
         app.state.authenticator = authenticator
+        if embedded is not None:
+            # What this process's webhook route presents to its own execution service.
+            authenticator.internal_key = secrets.token_urlsafe(32)
         service: ExecutionService | None = None
         target, tls_ca = settings.grpc_target, settings.grpc_tls_ca
         try:
@@ -148,7 +152,9 @@ def create_app(
                 )
                 await service.start()
                 target, tls_ca = service.local_target or f"127.0.0.1:{service.port}", None
-            app.state.exec_client = ExecutionClient(target, settings.service_key, tls_ca)
+            app.state.exec_client = ExecutionClient(
+                target, settings.service_key, tls_ca, authenticator.internal_key
+            )
             app.state.exec_service = service
             # Everything made at start-up lives as long as the process: keep it out of the
             # garbage collector's full passes, which otherwise stall requests for ~60 ms.
@@ -188,6 +194,7 @@ def create_app(
     )
     app.include_router(rest.router)
     app.include_router(health.router)
+    app.include_router(hooks.router)
     app.include_router(
         GraphQLHTTPRouter(
             schema,

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from exec_service.authz import ON_BEHALF_OF
 from models.access import Forbidden, NotAuthenticated
 from models.errors import Conflict, Invalid, NotFound, Unavailable, WorkflowError
 from protos import execution_pb2 as pb
@@ -84,10 +85,18 @@ class ExecutionClient:
     the service key when the caller presented none."""
 
     def __init__(
-        self, target: str, service_key: str | None = None, tls_ca: str | None = None
+        self,
+        target: str,
+        service_key: str | None = None,
+        tls_ca: str | None = None,
+        internal_key: str | None = None,
     ) -> None:
         self.target = target
         self._service_authorization = f"Bearer {service_key}" if service_key else None
+        # What a trigger's delivery presents (it has no key of its caller's).
+        self.trigger_authorization = (
+            f"Bearer {internal_key}" if internal_key else self._service_authorization
+        )
         self._channel = channel(target, tls_ca)
         self._stub = pb_grpc.WorkflowExecutionStub(self._channel)
 
@@ -101,6 +110,7 @@ class ExecutionClient:
         idempotency_key: str | None,
         input: dict[str, Any] | None = None,
         authorization: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> int:
         request = pb.ExecuteWorkflowRequest(
             workflow_id=workflow_id,
@@ -108,8 +118,11 @@ class ExecutionClient:
             input_json=json.dumps(input, ensure_ascii=False) if input is not None else "",
         )
         try:
+            metadata = self._metadata(authorization)
+            if on_behalf_of is not None:
+                metadata = (*metadata, (ON_BEHALF_OF, on_behalf_of))
             response = await self._stub.ExecuteWorkflow(
-                request, timeout=CALL_TIMEOUT_SECONDS, metadata=self._metadata(authorization)
+                request, timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             raise _translate(error) from None

@@ -30,20 +30,22 @@ from graphql_api.types import (
     ExecutionEvent,
     ExecutionStatus,
     NewApiKey,
+    NewTrigger,
     RoleEnum,
     Task,
     TaskInput,
     TaskRunStatus,
+    Trigger,
     Workflow,
     WorkflowInput,
     checked_page,
 )
-from models import api_keys, retention
+from models import api_keys, retention, triggers
 from models import executions as execution_store
 from models import workflows as store
 from models.access import Role
-from models.errors import WorkflowError
-from models.inputs import execution_input
+from models.errors import Invalid, WorkflowError
+from models.inputs import NAME_MAX, execution_input
 from models.inputs import idempotency_key as idempotency_key_of
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,40 @@ class KeyQuery:
 
 
 @strawberry.type
+class TriggerQuery:
+    @strawberry.field(
+        description="Webhook triggers, of one workflow when given.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def triggers(self, workflow_id: strawberry.ID | None = None) -> list[Trigger]:
+        workflow = parse_id(workflow_id, "workflowId") if workflow_id is not None else None
+        return [Trigger.from_dict(row) for row in await triggers.list_triggers(workflow)]
+
+
+@strawberry.type
+class TriggerMutation:
+    @strawberry.mutation(
+        description="A webhook trigger; its secret is in this answer only.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def create_trigger(self, workflow_id: strawberry.ID, name: str) -> NewTrigger:
+        if not 1 <= len(name) <= NAME_MAX:
+            raise Invalid(f"Invalid input: name: 1 to {NAME_MAX} characters")
+        row, secret = await triggers.create_trigger(parse_id(workflow_id, "workflowId"), name)
+        return NewTrigger(
+            id=strawberry.ID(str(row["id"])), name=row["name"], path=row["path"], secret=secret
+        )
+
+    @strawberry.mutation(
+        description="Delete a trigger: its deliveries are refused.",
+        permission_classes=[Needs.ADMIN],
+    )
+    async def delete_trigger(self, id: strawberry.ID) -> bool:
+        await triggers.delete_trigger(parse_id(id))
+        return True
+
+
+@strawberry.type
 class KeyMutation:
     @strawberry.mutation(
         description="A new API key; its secret is in this answer only.",
@@ -103,7 +139,7 @@ class KeyMutation:
 
 
 @strawberry.type
-class Query(KeyQuery):
+class Query(KeyQuery, TriggerQuery):
     @strawberry.field(
         description="A page of workflows, ordered by id.", permission_classes=[Needs.VIEWER]
     )
@@ -142,7 +178,7 @@ class Query(KeyQuery):
 
 
 @strawberry.type
-class Mutation(KeyMutation):
+class Mutation(KeyMutation, TriggerMutation):
     @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def create_workflow(self, input: WorkflowInput) -> Workflow:
         return Workflow.from_dict(await store.create_workflow(workflow_create(input)))

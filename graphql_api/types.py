@@ -216,6 +216,33 @@ class ExecutionEvent:
     execution: Execution
 
 
+@strawberry.type
+class Trigger:
+    id: strawberry.ID
+    workflow_id: strawberry.ID
+    name: str
+    path: str = strawberry.field(description="Where deliveries go: POST, signed (see README).")
+    created_at: datetime
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Trigger:
+        return cls(
+            id=strawberry.ID(str(row["id"])),
+            workflow_id=strawberry.ID(str(row["workflow_id"])),
+            name=row["name"],
+            path=row["path"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+        )
+
+
+@strawberry.type
+class NewTrigger:
+    id: strawberry.ID
+    name: str
+    path: str
+    secret: str = strawberry.field(description="Signs deliveries: shown this once, never again.")
+
+
 @strawberry.enum(name="Role")
 class RoleEnum(Enum):
     VIEWER = "viewer"

@@ -52,8 +52,11 @@ class Principal:
 ANONYMOUS = Principal("anonymous", Role.ADMIN)
 # The caller presenting WORKFLOW_ADMIN_KEY (a key with no row).
 BOOTSTRAP_ADMIN = Principal("admin", Role.ADMIN)
-# Names no stored key may take: they stand for the two principals above.
-RESERVED_NAMES = frozenset({ANONYMOUS.name, BOOTSTRAP_ADMIN.name})
+# The HTTP plane of `workflow serve` acting for a trigger, with a key made at start and known
+# to that process only.
+INTERNAL = Principal("service", Role.ADMIN)
+# Names no stored key may take: they stand for the principals above.
+RESERVED_NAMES = frozenset({ANONYMOUS.name, BOOTSTRAP_ADMIN.name, INTERNAL.name})
 
 # How long a process trusts what it read about keys. Revoking a key, or making the first one,
 # reaches every process within this (the contract promises 5 s).
@@ -130,6 +133,8 @@ class Authenticator:
         self._required = False
         self._keys: dict[str, tuple[float, Principal | None]] = {}
         self._lock = asyncio.Lock()
+        # Set by an embedded execution service (`workflow serve`): see INTERNAL.
+        self.internal_key: str | None = None
 
     async def required(self) -> bool:
         """Whether calls need a key: auth is on and a key exists (or the admin key is set)."""
@@ -166,6 +171,8 @@ class Authenticator:
             raise NotAuthenticated()
         if self._admin_key is not None and hmac.compare_digest(key, self._admin_key):
             return BOOTSTRAP_ADMIN
+        if self.internal_key is not None and hmac.compare_digest(key, self.internal_key):
+            return INTERNAL
         digest = key_hash(key)
         now = time.monotonic()
         known = self._keys.get(digest)

@@ -159,3 +159,23 @@ class ApiKey(Model):
 
     class Meta:
         table = "api_keys"
+
+
+class Trigger(Model):
+    """A webhook: `POST /hooks/{id}` signed with its secret starts its workflow.
+
+    The secret is kept as it is (a signature is checked by computing it again), and shown once,
+    when the trigger is made.
+    """
+
+    id = fields.IntField(primary_key=True)
+    workflow: fields.ForeignKeyRelation[Workflow] = fields.ForeignKeyField(
+        "models.Workflow", related_name="triggers", on_delete=fields.CASCADE
+    )
+    workflow_id: int
+    name = fields.CharField(max_length=255)
+    secret = fields.CharField(max_length=128)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "triggers"
