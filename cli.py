@@ -246,6 +246,39 @@ def _keys(args: argparse.Namespace) -> None:
         raise UsageError(str(exc)) from None
 
 
+def _graphql(query: str, **variables: Any) -> Any:
+    """A GraphQL operation on the REST_API_URL server; its errors as API errors."""
+    answer = _request("POST", "/graphql", json={"query": query, "variables": variables})
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    if errors:
+        code = (errors[0].get("extensions") or {}).get("code", "GRAPHQL")
+        raise ApiError(code, errors[0].get("message"))
+    return answer["data"]
+
+
+def _trigger(args: argparse.Namespace) -> None:
+    if args.trigger_command == "add":
+        made = _graphql(
+            "mutation($w: ID!, $n: String!) { createTrigger(workflowId: $w, name: $n) "
+            "{ id name path secret } }",
+            w=str(args.workflow_id),
+            n=args.name,
+        )["createTrigger"]
+        print(f"Created trigger {made['id']} {made['name']!r}: POST {made['path']}")
+        print("Sign deliveries with this secret; it is shown this once:")
+        print(made["secret"])
+    elif args.trigger_command == "list":
+        variables = {"w": str(args.workflow_id)} if args.workflow_id else {}
+        listed = _graphql(
+            "query($w: ID) { triggers(workflowId: $w) { id workflowId name path createdAt } }",
+            **variables,
+        )["triggers"]
+        _print_json(listed)
+    else:
+        _graphql("mutation($id: ID!) { deleteTrigger(id: $id) }", id=str(args.trigger_id))
+        print(f"Deleted trigger {args.trigger_id}")
+
+
 def _execute(args: argparse.Namespace) -> None:
     from protos import execution_pb2
 
@@ -511,6 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = key_commands.add_parser("revoke", help="revoke a key (every process: 5 s)")
     key_revoke.add_argument("key_id", type=int)
     keys.set_defaults(handler=_keys)
+
+    trigger = commands.add_parser("trigger", help="webhook triggers of workflows (admin)")
+    trigger_commands = trigger.add_subparsers(
+        dest="trigger_command", metavar="TRIGGER_COMMAND", required=True
+    )
+    trigger_add = trigger_commands.add_parser(
+        "add", help="make a trigger; prints its path and its secret (shown this once)"
+    )
+    trigger_add.add_argument("workflow_id", type=int)
+    trigger_add.add_argument("name", help="what the trigger is for, e.g. github-push")
+    trigger_list = trigger_commands.add_parser("list", help="list triggers (never their secrets)")
+    trigger_list.add_argument("workflow_id", type=int, nargs="?", help="of this workflow only")
+    trigger_rm = trigger_commands.add_parser("rm", help="delete a trigger")
+    trigger_rm.add_argument("trigger_id", type=int)
+    trigger.set_defaults(handler=_trigger)
     return parser
 
 

@@ -252,3 +252,22 @@ def test_a_noop_longer_than_its_timeout_is_refused_at_creation(server: LiveServe
     assert "longer than the task's timeout" in refused.stdout
     defaulted = run_cli(server.url, *args[:-1], '{"duration": 1e9}')
     assert "(3600 s, the default)" in defaulted.stdout
+
+
+def test_triggers_from_the_cli(server: LiveServer) -> None:
+    workflow = json.loads(run_cli(server.url, "create", "hooked").stdout)
+    made = run_cli(server.url, "trigger", "add", str(workflow["id"]), "github-push")
+    assert made.returncode == 0, made.stdout + made.stderr
+    lines = made.stdout.splitlines()
+    trigger_id = lines[0].split()[2]
+    assert lines[0].endswith(f"POST /hooks/{trigger_id}")
+    secret = lines[-1]
+    assert len(secret) == 64
+    listed = json.loads(run_cli(server.url, "trigger", "list", str(workflow["id"])).stdout)
+    assert [row["name"] for row in listed] == ["github-push"]
+    assert secret not in json.dumps(listed)
+    removed = run_cli(server.url, "trigger", "rm", trigger_id)
+    assert removed.stdout.strip() == f"Deleted trigger {trigger_id}"
+    again = run_cli(server.url, "trigger", "rm", trigger_id)
+    assert again.returncode == 1
+    assert again.stdout.strip() == "Error: API Error (NOT_FOUND): Trigger not found"
