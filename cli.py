@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> None:
         embedded = EmbeddedExecution(
             executor=args.executor, host=args.host, port=args.grpc_port, tls=tls
         )
-    app = create_app(Settings.from_env(), embedded)
+    app = create_app(Settings.from_env(), embedded, host=args.host)
     uvicorn.run(
         app,
         host=args.host,

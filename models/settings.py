@@ -38,6 +38,10 @@ class Settings:
     grpc_tls_ca: str | None = None
     # WORKFLOW_MAX_RUNNING: executions one engine runs at once; more wait `pending`.
     max_running: int = 1000
+    # WORKFLOW_ALLOWED_HOSTS: the Host headers the HTTP API answers (Starlette's
+    # TrustedHostMiddleware patterns: `*`, `*.example.com`). None: chosen by the address the API
+    # listens on (graphql_api.app.allowed_hosts).
+    allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +59,19 @@ class Settings:
             auth_enabled=(os.environ.get("WORKFLOW_AUTH") or "on").strip().lower() != "off",
             grpc_tls_ca=os.environ.get("GRPC_TLS_CA") or None,
             max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
+            allowed_hosts=host_patterns(os.environ.get("WORKFLOW_ALLOWED_HOSTS") or ""),
         )
+
+
+def host_patterns(text: str) -> tuple[str, ...] | None:
+    """WORKFLOW_ALLOWED_HOSTS as patterns (None when unset). Checked here, at start: Starlette
+    only asserts, and a mistyped pattern should stop the server, not admit nobody."""
+    patterns = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    for pattern in patterns:
+        domain_wildcard = pattern.startswith("*.") and "*" not in pattern[1:]
+        if "*" in pattern and pattern != "*" and not domain_wildcard:
+            raise ValueError(
+                f"WORKFLOW_ALLOWED_HOSTS: {pattern!r}: a `*` may only be the whole pattern or "
+                "start one like `*.example.com`"
+            )
+    return patterns or None

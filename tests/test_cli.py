@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.live_server import REPO, LiveServer, free_port, live_server, wait_for
@@ -252,3 +254,24 @@ def test_a_noop_longer_than_its_timeout_is_refused_at_creation(server: LiveServe
     assert "longer than the task's timeout" in refused.stdout
     defaulted = run_cli(server.url, *args[:-1], '{"duration": 1e9}')
     assert "(3600 s, the default)" in defaulted.stdout
+
+
+def test_serve_on_loopback_answers_loopback_names_only(server: LiveServer) -> None:
+    """`workflow serve` on 127.0.0.1 without WORKFLOW_ALLOWED_HOSTS: a page that rebinds its own
+    name to 127.0.0.1 reaches the port, and is refused for the name it sends."""
+    port = int(server.url.rsplit(":", 1)[1])
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        answer = httpx.get(f"{server.url}/healthz", headers={"host": host}, trust_env=False)
+        assert answer.status_code == 200, host
+    refused = httpx.get(
+        f"{server.url}/workflows/", headers={"host": "attacker.example"}, trust_env=False
+    )
+    assert (refused.status_code, refused.text) == (400, "Invalid host header")
+    # A subscription's WebSocket too (sent by hand: clients fill in Host themselves).
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(
+            b"GET /graphql HTTP/1.1\r\nHost: attacker.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+        )
+        assert connection.recv(64).startswith(b"HTTP/1.1 400 ")
