@@ -86,6 +86,30 @@ def test_api_errors_print_the_original_message_and_exit_1(server: LiveServer) ->
     assert listed.stdout.startswith("Error: --input must be a JSON object")
 
 
+@pytest.mark.parametrize(
+    ("args", "told"),
+    [
+        # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
+        (["create", "a\udcff"], "Error: NAME: must be valid Unicode text (no lone surrogates)"),
+        (["create", "a", "--description", "\udcff"], "Error: --description: must be valid"),
+        (["add-task", "1", "t", "--order", "1", "--when", "\udcff"], "Error: --when: must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"a": NaN}'], "numbers must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"a": 1e400}'], "numbers must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"\\ud800": 1}'], "lone surrogates"),
+        (["add-task", "1", "t", "--order", "1", "--timeout", "nan"], "not a finite number"),
+        (["execute", "1", "--input", '{"a": "\\udc00"}'], "Error: --input: must be valid"),
+        (["status", "4294967297"], "4294967297 is out of range for an id"),
+    ],
+)
+def test_what_no_request_can_carry_is_a_command_line_mistake(args: list[str], told: str) -> None:
+    """Told with the server's own rule and exit status 2, before anything is sent (the
+    servers here do not exist); it was the encoder's traceback."""
+    result = run_cli("http://127.0.0.1:1", *args, grpc_target="127.0.0.1:1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert told in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_validation_errors_are_reported(server: LiveServer) -> None:
     result = run_cli(server.url, "create", "x" * 300)
     assert result.returncode == 1
