@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -39,6 +40,43 @@ def _json_object(text: str, option: str) -> dict[str, Any]:
         raise UsageError(f"{option} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise UsageError(f"{option} must be a JSON object, e.g. '{{\"key\": 1}}'")
+    from models.inputs import check_json_value
+
+    try:
+        check_json_value(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    return value
+
+
+def _text(value: str | None, option: str) -> str | None:
+    """Text the server's rules allow. An argument whose bytes are not UTF-8 arrives as lone
+    surrogates, which no request can carry: told as a mistake on the command line (exit 2),
+    not as a traceback of the encoder."""
+    if value is None or value.isascii():  # nothing the rules could refuse in a terminal's text
+        return value
+    from models.inputs import check_text
+
+    try:
+        return check_text(value)
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def _int32(text: str) -> int:
+    """An id sent in a gRPC message, whose ids are int32: protobuf cannot encode a larger one
+    (the server answers 0 and negative ids itself)."""
+    value = int(text)
+    if not -(2**31) <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{text} is out of range for an id (at most 2147483647)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds JSON can carry: not nan, inf or an overflow such as 1e400."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds")
     return value
 
 
@@ -131,7 +169,7 @@ def _serve(args: argparse.Namespace) -> None:
         embedded = EmbeddedExecution(
             executor=args.executor, host=args.host, port=args.grpc_port, tls=tls
         )
-    app = create_app(Settings.from_env(), embedded)
+    app = create_app(Settings.from_env(), embedded, host=args.host)
     uvicorn.run(
         app,
         host=args.host,
@@ -382,7 +420,10 @@ def _watch(args: argparse.Namespace) -> None:
 
 
 def _create(args: argparse.Namespace) -> None:
-    body = {"name": args.name, "description": args.description}
+    body = {
+        "name": _text(args.name, "NAME"),
+        "description": _text(args.description, "--description"),
+    }
     _print_json(_request("POST", "/workflows/", json=body))
 
 
@@ -396,8 +437,8 @@ def _get(args: argparse.Namespace) -> None:
 
 def _add_task(args: argparse.Namespace) -> None:
     body: dict[str, Any] = {
-        "name": args.name,
-        "description": args.description,
+        "name": _text(args.name, "NAME"),
+        "description": _text(args.description, "--description"),
         "order": args.order,
         "execution_type": args.type,
         "parameters": _json_object(args.params, "--params"),
@@ -409,8 +450,11 @@ def _add_task(args: argparse.Namespace) -> None:
         ("timeout", "timeout_seconds"),
         ("when", "when"),
     ):
-        if getattr(args, option) is not None:
-            body[field] = getattr(args, option)
+        value = getattr(args, option)
+        if isinstance(value, str):
+            value = _text(value, f"--{option.replace('_', '-')}")
+        if value is not None:
+            body[field] = value
     _print_json(_request("POST", f"/workflows/{args.workflow_id}/tasks/", json=body))
 
 
@@ -486,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.add_argument(
         "--max-attempts", type=int, default=None, help="attempts before it fails (default 1)"
     )
-    add_task.add_argument("--timeout", type=float, default=None, help="seconds per attempt")
+    add_task.add_argument("--timeout", type=_seconds, default=None, help="seconds per attempt")
     add_task.add_argument(
         "--when",
         default=None,
@@ -495,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_task.set_defaults(handler=_add_task)
 
     execute = commands.add_parser("execute", help="start an execution of a workflow")
-    execute.add_argument("workflow_id", type=int)
+    execute.add_argument("workflow_id", type=_int32)
     execute.add_argument(
         "--input", default=None, help="the execution's input, a JSON object (templates: input)"
     )
@@ -504,11 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser(
         "retry", help="run a failed or cancelled execution again from where it failed"
     )
-    retry.add_argument("execution_id", type=int)
+    retry.add_argument("execution_id", type=_int32)
     retry.set_defaults(handler=_retry)
 
     cancel = commands.add_parser("cancel", help="stop an execution and mark it cancelled")
-    cancel.add_argument("execution_id", type=int)
+    cancel.add_argument("execution_id", type=_int32)
     cancel.set_defaults(handler=_cancel)
 
     executions = commands.add_parser(
@@ -520,13 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     executions.set_defaults(handler=_executions)
 
     status = commands.add_parser("status", help="show an execution's status")
-    status.add_argument("execution_id", type=int)
+    status.add_argument("execution_id", type=_int32)
     status.set_defaults(handler=_status)
 
     watch = commands.add_parser(
         "watch", help="follow an execution live; exit 0 only if it completed"
     )
-    watch.add_argument("execution_id", type=int)
+    watch.add_argument("execution_id", type=_int32)
     watch.set_defaults(handler=_watch)
 
     keys = commands.add_parser(

@@ -1,17 +1,21 @@
 """Requests the gRPC plane refuses before protobuf's own decoding can mislead it.
 
 protobuf decodes an int32 field from any varint, keeping the low 32 bits: `execution_id`
-2**32 + 1 arrived as 1, and answered about execution 1. Every varint field of our request
-messages is an int32, so a varint outside int32's range is refused (INVALID_ARGUMENT), as are
-bytes that are not a message at all, without the decoder's class names in the answer.
+2**32 + 1 arrived as 1, and answered about execution 1. So the request's bytes are walked
+first (tag by tag: protobuf's Python API offers no way to see a field's varint as sent), and an
+int32 field outside int32's range is refused (INVALID_ARGUMENT), as is a string field that is
+not UTF-8 (protobuf's own refusal names only the message type), and bytes that are not a
+message at all, without the decoder's class names in the answer. Fields are named from the
+request type's descriptor; numbers it does not know are left to protobuf (kept as unknown).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError
 
 INT32_MAX = 2**31 - 1
@@ -40,18 +44,25 @@ def _varint(data: bytes, position: int) -> tuple[int, int]:
             return value, position
 
 
-def int32_problem(data: bytes) -> str | None:
-    """Why these bytes are refused (a varint field out of int32's range), or None."""
+def request_problem(data: bytes, fields: Mapping[int, FieldDescriptor]) -> str | None:
+    """Why these bytes are refused (an int32 field out of range, a string field that is not
+    UTF-8), or None. Raises DecodeError when they are not a message at all."""
     position = 0
     while position < len(data):
         tag, position = _varint(data, position)
-        number, wire_type = tag >> 3, tag & 7
+        field, wire_type = fields.get(tag >> 3), tag & 7
         if wire_type == 0:
             value, position = _varint(data, position)
-            if INT32_MAX < value < NEGATIVE_INT32_MIN or value >= 2**64:
-                return f"field {number}: {value} is out of range for an int32 id"
+            in_range = value <= INT32_MAX or NEGATIVE_INT32_MIN <= value < 2**64
+            if field is not None and field.type == FieldDescriptor.TYPE_INT32 and not in_range:
+                return f"{field.name}: {value} is out of range for an int32 id"
         elif wire_type == 2:
             length, position = _varint(data, position)
+            if field is not None and field.type == FieldDescriptor.TYPE_STRING:
+                try:
+                    data[position : position + length].decode("utf-8")
+                except UnicodeDecodeError:
+                    return f"{field.name}: must be valid UTF-8 text"
             position += length
         elif wire_type == 1:
             position += 8
@@ -64,15 +75,24 @@ def int32_problem(data: bytes) -> str | None:
     return None
 
 
+def _fields(decode: Callable[[bytes], Any]) -> Mapping[int, FieldDescriptor]:
+    """The request type's fields by number: `decode` is its class's FromString."""
+    descriptor = getattr(getattr(decode, "__self__", None), "DESCRIPTOR", None)
+    fields: Mapping[int, FieldDescriptor] = getattr(descriptor, "fields_by_number", {})
+    return fields
+
+
 def checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """The handler, with requests checked first and refused with INVALID_ARGUMENT."""
     decode: Callable[[bytes], Any] | None = handler.request_deserializer
     if decode is None or handler.request_streaming:
         return handler
 
+    fields = _fields(decode)
+
     def deserialize(data: bytes) -> Any:
         try:
-            problem = int32_problem(data)
+            problem = request_problem(data, fields)
             return Refused(problem) if problem else decode(data)
         except (DecodeError, ValueError, IndexError):
             return Refused(MALFORMED)

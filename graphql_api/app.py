@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLHTTPResponse
@@ -38,6 +39,7 @@ from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
 from models.errors import Invalid, WorkflowError
 from models.settings import Settings
+from models.startup import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +122,29 @@ class EmbeddedExecution:
     tls: ServerTls | None = None
 
 
+# The names a loopback address answers to, as a browser on this machine sends them in `Host`
+# (Starlette compares the header's host without its port; an IPv6 address keeps its brackets).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+def allowed_hosts(settings: Settings, host: str) -> list[str]:
+    """The Host headers the API answers, listening on `host`: WORKFLOW_ALLOWED_HOSTS when set.
+    Else, on loopback, loopback's names only: a web page whose own name the attacker points at
+    127.0.0.1 (DNS rebinding) reaches the port, but its requests say its name, and get 400.
+    Elsewhere, any: whoever bound a public address exposed the service on purpose, under names
+    only they know (README: set WORKFLOW_ALLOWED_HOSTS)."""
+    if settings.allowed_hosts is not None:
+        return list(settings.allowed_hosts)
+    return list(LOOPBACK_HOSTS) if is_loopback(host) else ["*"]
+
+
 def create_app(
-    settings: Settings | None = None, embedded: EmbeddedExecution | None = None
+    settings: Settings | None = None,
+    embedded: EmbeddedExecution | None = None,
+    host: str = "127.0.0.1",
 ) -> FastAPI:
-    """The HTTP API; with `embedded`, the execution service too, in the same process."""
+    """The HTTP API; with `embedded`, the execution service too, in the same process. `host`
+    is the address the HTTP server listens on (it decides which Host headers are answered)."""
     settings = settings or Settings.from_env()
 
     @asynccontextmanager
@@ -219,6 +240,8 @@ def create_app(
     app.add_middleware(BodySizeLimit)
     app.add_middleware(FastWorkflowReads)
     app.add_middleware(JsonOnly)
-    # Added last, so it runs first: nothing answers a caller before it is known.
+    # Nothing answers a caller before it is known...
     app.add_middleware(Authentication)
+    # ...nor a request addressed to another name (added last, so it runs first).
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, host))
     return app

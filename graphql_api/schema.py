@@ -44,8 +44,8 @@ from models import api_keys, retention, triggers
 from models import executions as execution_store
 from models import workflows as store
 from models.access import Role
-from models.errors import Invalid, WorkflowError
-from models.inputs import NAME_MAX, execution_input
+from models.errors import WorkflowError
+from models.inputs import execution_input
 from models.inputs import idempotency_key as idempotency_key_of
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,6 @@ class TriggerMutation:
         permission_classes=[Needs.ADMIN],
     )
     async def create_trigger(self, workflow_id: strawberry.ID, name: str) -> NewTrigger:
-        if not 1 <= len(name) <= NAME_MAX:
-            raise Invalid(f"Invalid input: name: 1 to {NAME_MAX} characters")
         row, secret = await triggers.create_trigger(parse_id(workflow_id, "workflowId"), name)
         return NewTrigger(
             id=strawberry.ID(str(row["id"])), name=row["name"], path=row["path"], secret=secret

@@ -4,7 +4,7 @@
 FastAPI echoes each invalid value whole. A 337 KB body came back whole; a NaN, an infinity or a
 lone surrogate in it (the very things refused) made the 422 itself fail to render, and the
 client got a 500. Here every echoed value is kept only as far as it renders as JSON within
-INPUT_ECHO_MAX characters; past that it is cut, and what cannot be rendered is shown as text.
+ECHO_MAX characters; past that it is cut, and what cannot be rendered is shown as text.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-# Characters of an invalid value echoed back at most.
-INPUT_ECHO_MAX = 200
-TRUNCATED = "…(truncated)"
+from models.errors import ECHO_MAX, shown
 
 
 def _safe_text(text: str) -> str:
@@ -48,9 +46,7 @@ def echo(value: Any) -> Any:
     """The invalid value as the answer shows it: itself if short, else the start of its JSON."""
     plain = _plain(value)
     text = json.dumps(plain, ensure_ascii=False)
-    if len(text) <= INPUT_ECHO_MAX:
-        return plain
-    return text[:INPUT_ECHO_MAX] + TRUNCATED
+    return plain if len(text) <= ECHO_MAX else shown(text)
 
 
 def safe_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -78,7 +74,7 @@ def _as_fastapi_renders(errors: Sequence[Any]) -> list[Any] | None:
     except (ValueError, UnicodeEncodeError):
         return None
     for error in rendered:
-        if len(json.dumps(error.get("input"), ensure_ascii=False)) > INPUT_ECHO_MAX:
+        if len(json.dumps(error.get("input"), ensure_ascii=False)) > ECHO_MAX:
             return None
     result: list[Any] = rendered
     return result

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+# Characters of a client's value an error repeats at most (a 422's `input`, a name quoted in a
+# message): enough to recognise it, without sending a large body back.
+ECHO_MAX = 200
+TRUNCATED = "…(truncated)"
+
+
+def shown(text: str) -> str:
+    """`text` as an error repeats it: cut after ECHO_MAX characters."""
+    return text if len(text) <= ECHO_MAX else text[:ECHO_MAX] + TRUNCATED
+
 
 class WorkflowError(Exception):
     """Base of the errors we raise on purpose; anything else is unexpected and gets masked.

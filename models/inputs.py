@@ -13,7 +13,7 @@ import os
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from models.errors import Invalid
 from models.templates import WHEN_MAX, TemplateFailed, check_when, parameter_references
@@ -45,9 +45,9 @@ DEFAULT_TASK_TIMEOUT_SECONDS = float(_limit("WORKFLOW_DEFAULT_TASK_TIMEOUT", 360
 ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
 
 
-def _no_nul(value: str) -> str:
+def check_text(value: str) -> str:
     """Text every store takes: no NUL, and valid Unicode (a lone surrogate, which JSON's
-    `\\ud800` escapes can carry, cannot be written as UTF-8)."""
+    `\\ud800` escapes can carry, cannot be written as UTF-8). The CLI checks with it too."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     if not value.isascii():
@@ -58,19 +58,27 @@ def _no_nul(value: str) -> str:
     return value
 
 
-def _check_tree(value: Any) -> None:
-    """A JSON value as every store takes it: not too deep, finite numbers, no NUL in text."""
+def _text_first(value: Any) -> Any:
+    """check_text, before pydantic's own check of a string: for a lone surrogate that one
+    answers "unable to parse raw data as a unicode string", which names no rule. Anything but
+    a string is left to pydantic (`string_type`, as the service we replace answered)."""
+    return check_text(value) if isinstance(value, str) else value
+
+
+def check_json_value(value: Any) -> None:
+    """A JSON value as every store takes it: not too deep, finite numbers (JSON has no NaN or
+    Infinity; 1e400 reads as infinity), valid text. The CLI checks its JSON options with it."""
 
     def walk(node: Any, depth: int) -> None:
         if depth > PARAMETERS_MAX_DEPTH:
             raise ValueError(f"must not nest deeper than {PARAMETERS_MAX_DEPTH} levels")
         if isinstance(node, str):
-            _no_nul(node)
+            check_text(node)
         elif isinstance(node, float) and not math.isfinite(node):
             raise ValueError("numbers must be finite")
         elif isinstance(node, dict):
             for key, item in node.items():
-                _no_nul(key)
+                check_text(key)
                 walk(item, depth + 1)
         elif isinstance(node, list):
             for item in node:
@@ -80,7 +88,7 @@ def _check_tree(value: Any) -> None:
 
 
 def _check_parameters(value: dict[str, Any]) -> dict[str, Any]:
-    _check_tree(value)
+    check_json_value(value)
     if len(json.dumps(value, ensure_ascii=False).encode()) > PARAMETERS_MAX_BYTES:
         raise ValueError(f"must be at most {PARAMETERS_MAX_BYTES} bytes as JSON")
     return value
@@ -99,7 +107,7 @@ def _check_action(value: str) -> str:
 
 
 IDEMPOTENCY_KEY_MAX = 255
-IdempotencyKey = Annotated[str, Field(max_length=IDEMPOTENCY_KEY_MAX), AfterValidator(_no_nul)]
+IdempotencyKey = Annotated[str, Field(max_length=IDEMPOTENCY_KEY_MAX), BeforeValidator(_text_first)]
 
 
 def idempotency_key(value: str | None, argument: str) -> str | None:
@@ -109,7 +117,7 @@ def idempotency_key(value: str | None, argument: str) -> str | None:
     if len(value) > IDEMPOTENCY_KEY_MAX:
         raise Invalid(f"Invalid input: {argument}: at most {IDEMPOTENCY_KEY_MAX} characters")
     try:
-        return _no_nul(value)
+        return check_text(value)
     except ValueError as exc:
         raise Invalid(f"Invalid input: {argument}: {exc}") from None
 
@@ -128,7 +136,7 @@ def _check_when(value: str | None) -> str | None:
     if not value.strip():
         raise ValueError("must be an expression, e.g. tasks.check.output.status_code == 200")
     try:
-        check_when(_no_nul(value))
+        check_when(value)
     except TemplateFailed as exc:
         raise ValueError(exc.message) from None
     return value
@@ -136,19 +144,24 @@ def _check_when(value: str | None) -> str | None:
 
 def _check_input(value: dict[str, Any]) -> dict[str, Any]:
     """An execution's input: a JSON object of at most INPUT_MAX_BYTES."""
-    _check_tree(value)
+    check_json_value(value)
     size = len(json.dumps(value, ensure_ascii=False).encode())
     if size > INPUT_MAX_BYTES:
         raise ValueError(f"must be at most {INPUT_MAX_BYTES} bytes as JSON")
     return value
 
 
-Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX), AfterValidator(_no_nul)]
-Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), AfterValidator(_no_nul)]
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX), BeforeValidator(_text_first)]
+Description = Annotated[str, Field(max_length=DESCRIPTION_MAX), BeforeValidator(_text_first)]
 Parameters = Annotated[
     dict[str, Any], AfterValidator(_check_parameters), AfterValidator(_check_templates)
 ]
-When = Annotated[str | None, Field(max_length=WHEN_MAX), AfterValidator(_check_when)]
+When = Annotated[
+    str | None,
+    Field(max_length=WHEN_MAX),
+    BeforeValidator(_text_first),
+    AfterValidator(_check_when),
+]
 ExecutionInputObject = Annotated[dict[str, Any], AfterValidator(_check_input)]
 ActionName = Annotated[str, AfterValidator(_check_action)]
 

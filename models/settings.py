@@ -49,6 +49,10 @@ class Settings:
     # kept for ever), checked every WORKFLOW_PRUNE_EVERY seconds by the execution service.
     retention_seconds: float | None = None
     prune_every_seconds: float = 60.0
+    # WORKFLOW_ALLOWED_HOSTS: the Host headers the HTTP API answers (Starlette's
+    # TrustedHostMiddleware patterns: `*`, `*.example.com`). None: chosen by the address the API
+    # listens on (graphql_api.app.allowed_hosts).
+    allowed_hosts: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -68,4 +72,19 @@ class Settings:
             max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
             retention_seconds=_duration("WORKFLOW_RETENTION", None),
             prune_every_seconds=_duration("WORKFLOW_PRUNE_EVERY", 60.0) or 60.0,
+            allowed_hosts=host_patterns(os.environ.get("WORKFLOW_ALLOWED_HOSTS") or ""),
         )
+
+
+def host_patterns(text: str) -> tuple[str, ...] | None:
+    """WORKFLOW_ALLOWED_HOSTS as patterns (None when unset). Checked here, at start: Starlette
+    only asserts, and a mistyped pattern should stop the server, not admit nobody."""
+    patterns = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    for pattern in patterns:
+        domain_wildcard = pattern.startswith("*.") and "*" not in pattern[1:]
+        if "*" in pattern and pattern != "*" and not domain_wildcard:
+            raise ValueError(
+                f"WORKFLOW_ALLOWED_HOSTS: {pattern!r}: a `*` may only be the whole pattern or "
+                "start one like `*.example.com`"
+            )
+    return patterns or None

@@ -29,6 +29,8 @@ from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from models.errors import shown
+
 # The names a template may use, besides Jinja's own globals (range, dict, ...).
 NAMES = frozenset({"input", "tasks", "execution"})
 # A rendered task's parameters, as JSON, at most: outputs (1 MiB each) can be passed on whole.
@@ -110,9 +112,16 @@ ENVIRONMENT = _Sandbox(
 
 
 def _problem(exc: Exception) -> str:
+    """The error's text, cut short: Jinja's messages quote the template's names and tokens,
+    which can be as long as the parameters."""
     if isinstance(exc, TemplateError):
-        return exc.message or type(exc).__name__
-    return f"{type(exc).__name__}: {exc}"
+        return shown(exc.message or type(exc).__name__)
+    return shown(f"{type(exc).__name__}: {exc}")
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """A template's place in the parameters (`json.id`), as errors name it (keys can be long)."""
+    return shown(".".join(str(part) for part in path))
 
 
 # --- parsing --------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ def parameter_references(parameters: Any) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path, text in _strings(parameters):
         if is_template(text):
-            where = ".".join(str(part) for part in path)
+            where = _where(path)
             try:
                 found[where] = check_template(text)
             except TemplateFailed as exc:
@@ -275,7 +284,7 @@ def render_parameters(parameters: T, context: Mapping[str, Any]) -> T:
         if isinstance(value, str):
             if not is_template(value):
                 return value
-            return _render_string(value, context, ".".join(str(part) for part in path) or "")
+            return _render_string(value, context, _where(path))
         if isinstance(value, Mapping):
             return {key: render(item, (*path, key)) for key, item in value.items()}
         if isinstance(value, list):

@@ -7,9 +7,9 @@ import hmac
 import secrets
 from typing import Any
 
-from models.errors import WORKFLOW_NOT_FOUND, NotFound
+from models.errors import WORKFLOW_NOT_FOUND, Invalid, NotFound
 from models.executions import valid_id
-from models.inputs import _no_nul
+from models.inputs import NAME_MAX, check_text
 from models.tables import Trigger, Workflow
 from models.workflows import iso
 
@@ -31,8 +31,14 @@ async def create_trigger(workflow_id: int, name: str) -> tuple[dict[str, Any], s
     """A new trigger of the workflow, and its secret (shown this once). Raises NotFound."""
     if not valid_id(workflow_id) or not await Workflow.filter(id=workflow_id).exists():
         raise NotFound(WORKFLOW_NOT_FOUND)
+    if not 1 <= len(name) <= NAME_MAX:
+        raise Invalid(f"Invalid input: name: 1 to {NAME_MAX} characters")
+    try:
+        check_text(name)
+    except ValueError as exc:
+        raise Invalid(f"Invalid input: name: {exc}") from None
     secret = secrets.token_hex(32)
-    row = await Trigger.create(workflow_id=workflow_id, name=_no_nul(name)[:255], secret=secret)
+    row = await Trigger.create(workflow_id=workflow_id, name=name, secret=secret)
     return trigger_dict(row), secret
 
 

@@ -16,7 +16,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
 from models.cache import current_cache
-from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, Invalid, NotFound
+from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, Invalid, NotFound, shown
 from models.inputs import (
     INT32_MAX,
     MAX_TASKS_PER_WORKFLOW,
@@ -175,7 +175,8 @@ async def _check_references(workflow_id: int, connection: BaseDBAsyncClient) -> 
                     if names[name] > 1:
                         problem = f"{names[name]} tasks of this workflow are named {name!r}"
                     elif name not in earlier:
-                        problem = f"no task named {name!r} runs in an earlier stage"
+                        # A name from a template: as long as the parameters, so cut short.
+                        problem = f"no task named {shown(name)!r} runs in an earlier stage"
                     if problem is not None:
                         field = "when" if where == "when" else f"parameters.{where}"
                         raise Invalid(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ BACKENDS = ["sqlite", "postgres-redis"]
 # The execution behaviour suite runs on every executor too (on PostgreSQL with Redis):
 # its modules say `pytestmark = pytest.mark.parametrize("backend", EXECUTION_BACKENDS, ...)`.
 EXECUTION_BACKENDS = [*BACKENDS, "postgres-redis-saq", "postgres-redis-ray"]
+
+# The name the in-process HTTP client gives the app (its Host header).
+CLIENT_HOST = "test"
 
 # Short retry delays keep the retry tests quick; the rules are the same at any scale.
 FAST: dict[str, Any] = {"retry_base_seconds": 0.05, "lease_seconds": 5.0}
@@ -88,7 +91,9 @@ async def backend(
 async def app(backend: Backend) -> AsyncIterator[FastAPI]:
     """The app as `workflow serve` runs it (execution service embedded), lifespan started."""
     embedded = EmbeddedExecution(executor=backend.executor, port=free_port())
-    application = create_app(backend.settings, embedded)
+    # The client below addresses the app by the name `test`, which a loopback API would refuse.
+    settings = replace(backend.settings, allowed_hosts=(CLIENT_HOST,))
+    application = create_app(settings, embedded)
     async with LifespanManager(application):
         yield application  # our lifespan keeps its state on app.state, not in lifespan state
 
@@ -97,7 +102,7 @@ async def app(backend: Backend) -> AsyncIterator[FastAPI]:
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client bound to the app in this process."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url=f"http://{CLIENT_HOST}") as http:
         yield http
 
 

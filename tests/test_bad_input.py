@@ -7,8 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
+from graphql_api.app import LOOPBACK_HOSTS, allowed_hosts
 from graphql_api.schema import MAX_ALIASES
 from models import workflows as store
+from models.settings import Settings, host_patterns
 from models.tables import Task, Workflow
 
 TWO_MB = "x" * (2 * 1024 * 1024)
@@ -298,3 +300,47 @@ async def test_a_failure_inside_a_write_leaves_nothing_behind(
     assert response.status_code == 500
     assert await Workflow.all().count() == before
     assert not await Workflow.filter(name="partial").exists()
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/workflows/", "/graphql?query=%7B__typename%7D"])
+async def test_a_request_for_another_host_name_is_refused(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    """The app answers the names it is configured with (the client's `test` here), no other:
+    what a DNS-rebinding page sends is its own name."""
+    assert (await client.get(path)).status_code == 200
+    for host in ("attacker.example", "test.attacker.example", "attacker.example:8000"):
+        refused = await client.get(path, headers={"host": host})
+        assert refused.status_code == 400, (host, refused.text)
+        assert refused.text == "Invalid host header"
+
+
+@pytest.mark.parametrize(
+    ("listening", "configured", "answered"),
+    [
+        ("127.0.0.1", None, list(LOOPBACK_HOSTS)),
+        ("::1", None, list(LOOPBACK_HOSTS)),
+        ("localhost", None, list(LOOPBACK_HOSTS)),
+        ("0.0.0.0", None, ["*"]),
+        ("10.1.2.3", None, ["*"]),
+        ("127.0.0.1", ("api.example.com", "*.example.org"), ["api.example.com", "*.example.org"]),
+        ("0.0.0.0", ("api.example.com",), ["api.example.com"]),
+    ],
+)
+def test_allowed_hosts_follow_the_listening_address_unless_configured(
+    listening: str, configured: tuple[str, ...] | None, answered: list[str]
+) -> None:
+    assert allowed_hosts(Settings(allowed_hosts=configured), listening) == answered
+
+
+def test_allowed_hosts_from_the_environment() -> None:
+    assert host_patterns("") is None
+    assert host_patterns(" , ") is None
+    assert host_patterns("API.example.com, *.example.org,,*") == (
+        "api.example.com",
+        "*.example.org",
+        "*",
+    )
+    for mistake in ("api.*.com", "*example.com", "**"):
+        with pytest.raises(ValueError, match="WORKFLOW_ALLOWED_HOSTS"):
+            host_patterns(mistake)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.live_server import REPO, LiveServer, free_port, live_server, wait_for
@@ -82,6 +84,30 @@ def test_api_errors_print_the_original_message_and_exit_1(server: LiveServer) ->
     listed = run_cli(server.url, "execute", "1", "--input", "[1]")
     assert listed.returncode == 2
     assert listed.stdout.startswith("Error: --input must be a JSON object")
+
+
+@pytest.mark.parametrize(
+    ("args", "told"),
+    [
+        # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
+        (["create", "a\udcff"], "Error: NAME: must be valid Unicode text (no lone surrogates)"),
+        (["create", "a", "--description", "\udcff"], "Error: --description: must be valid"),
+        (["add-task", "1", "t", "--order", "1", "--when", "\udcff"], "Error: --when: must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"a": NaN}'], "numbers must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"a": 1e400}'], "numbers must be"),
+        (["add-task", "1", "t", "--order", "1", "--params", '{"\\ud800": 1}'], "lone surrogates"),
+        (["add-task", "1", "t", "--order", "1", "--timeout", "nan"], "not a finite number"),
+        (["execute", "1", "--input", '{"a": "\\udc00"}'], "Error: --input: must be valid"),
+        (["status", "4294967297"], "4294967297 is out of range for an id"),
+    ],
+)
+def test_what_no_request_can_carry_is_a_command_line_mistake(args: list[str], told: str) -> None:
+    """Told with the server's own rule and exit status 2, before anything is sent (the
+    servers here do not exist); it was the encoder's traceback."""
+    result = run_cli("http://127.0.0.1:1", *args, grpc_target="127.0.0.1:1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert told in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_validation_errors_are_reported(server: LiveServer) -> None:
@@ -271,3 +297,24 @@ def test_triggers_from_the_cli(server: LiveServer) -> None:
     again = run_cli(server.url, "trigger", "rm", trigger_id)
     assert again.returncode == 1
     assert again.stdout.strip() == "Error: API Error (NOT_FOUND): Trigger not found"
+
+
+def test_serve_on_loopback_answers_loopback_names_only(server: LiveServer) -> None:
+    """`workflow serve` on 127.0.0.1 without WORKFLOW_ALLOWED_HOSTS: a page that rebinds its own
+    name to 127.0.0.1 reaches the port, and is refused for the name it sends."""
+    port = int(server.url.rsplit(":", 1)[1])
+    for host in ("localhost", f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        answer = httpx.get(f"{server.url}/healthz", headers={"host": host}, trust_env=False)
+        assert answer.status_code == 200, host
+    refused = httpx.get(
+        f"{server.url}/workflows/", headers={"host": "attacker.example"}, trust_env=False
+    )
+    assert (refused.status_code, refused.text) == (400, "Invalid host header")
+    # A subscription's WebSocket too (sent by hand: clients fill in Host themselves).
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(
+            b"GET /graphql HTTP/1.1\r\nHost: attacker.example\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+        )
+        assert connection.recv(64).startswith(b"HTTP/1.1 400 ")

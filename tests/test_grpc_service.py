@@ -230,10 +230,16 @@ def _varint(value: int) -> bytes:
     ("method", "payload", "detail"),
     [
         # execution_id = 2**32 + 1: protobuf alone reads it as 1.
-        ("GetWorkflowStatus", b"\x08" + _varint(2**32 + 1), "out of range"),
-        ("CancelExecution", b"\x08" + _varint(2**31), "out of range"),
-        ("WatchExecution", b"\x08" + _varint(2**40), "out of range"),
-        ("ExecuteWorkflow", b"\x08" + _varint(2**33), "out of range"),
+        ("GetWorkflowStatus", b"\x08" + _varint(2**32 + 1), "execution_id: 4294967297 is out"),
+        ("CancelExecution", b"\x08" + _varint(2**31), "execution_id: 2147483648 is out"),
+        ("WatchExecution", b"\x08" + _varint(2**40), "execution_id: 1099511627776 is out"),
+        ("RetryExecution", b"\x08" + _varint(2**32 - 1), "execution_id: 4294967295 is out"),
+        ("ExecuteWorkflow", b"\x08" + _varint(2**33), "workflow_id: 8589934592 is out"),
+        # An int32 within range, negative (ten bytes, as protobuf sends it): the servicer's rule.
+        ("GetWorkflowStatus", b"\x08" + _varint(2**64 - 5), "must be a positive integer"),
+        # Strings that are not UTF-8 (a lone surrogate, encoded): named, not "error parsing".
+        ("ExecuteWorkflow", b"\x08\x01\x12\x03\xed\xa0\x80", "idempotency_key: must be valid"),
+        ("ExecuteWorkflow", b"\x08\x01\x1a\x02\xc3\x28", "input_json: must be valid UTF-8"),
         ("GetWorkflowStatus", b"\xff\xff\xff", "malformed request"),
         ("ExecuteWorkflow", b"\x12\x50abc", "malformed request"),  # a string longer than sent
     ],
@@ -260,3 +266,18 @@ async def test_ids_out_of_int32_and_garbage_bytes_are_invalid_arguments(
     assert "DecodeError" not in message
     assert "google.protobuf" not in message
     await channel.close()
+
+
+@pytest.mark.parametrize("execution_id", [0, -1, -(2**31)])
+async def test_watch_and_retry_refuse_ids_that_are_not_ids(
+    stub: WorkflowExecutionAsyncStub, execution_id: int
+) -> None:
+    """As ExecuteWorkflow, GetWorkflowStatus and CancelExecution do (tests/test_execution.py)."""
+    request = execution_pb2.GetWorkflowStatusRequest(execution_id=execution_id)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.RetryExecution(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.WatchExecution(request):
+            pass
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -10,10 +10,11 @@ import json
 import httpx
 import pytest
 
-from graphql_api.validation_errors import INPUT_ECHO_MAX
+from models.errors import ECHO_MAX
 from tests.executions import make_workflow
 
 TASK = '{"name": "t", "order": 1, %s}'
+SURROGATE_RULE = "must be valid Unicode text (no lone surrogates)"
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ async def test_a_large_invalid_body_is_not_echoed_whole(client: httpx.AsyncClien
     body = {"name": "x", "tasks": [{"name": "t", "order": "not a number " + "y" * 337_000}]}
     answer = await client.post("/workflows/", json=body)
     assert answer.status_code == 422
-    assert len(answer.content) < 2 * INPUT_ECHO_MAX + 500
+    assert len(answer.content) < 2 * ECHO_MAX + 500
     error = answer.json()["detail"][0]
     assert error["loc"] == ["body", "tasks", 0, "order"]
     assert error["input"].endswith("…(truncated)")
@@ -94,8 +95,8 @@ async def test_an_ordinary_invalid_body_is_answered_as_fastapi_did(
 @pytest.mark.parametrize(
     ("variables", "text"),
     [
-        ({"input": {"name": "\ud800"}}, "input.name: "),
-        ({"input": {"name": "x", "description": "\udfff"}}, "input.description: "),
+        ({"input": {"name": "\ud800"}}, "input.name: Value error, " + SURROGATE_RULE),
+        ({"input": {"name": "x", "description": "\udfff"}}, "input.description: Value error, "),
         (
             {
                 "input": {
@@ -150,3 +151,62 @@ async def test_json_with_parameters_and_an_empty_post_are_accepted(
         headers={"content-type": "Application/JSON; charset=utf-8"},
     )
     assert typed.status_code == 200, typed.text
+
+
+async def test_a_lone_surrogate_is_refused_naming_the_field_and_the_rule(
+    client: httpx.AsyncClient,
+) -> None:
+    """Every text field, on every route that takes one: the rule, not pydantic's "unable to
+    parse raw data as a unicode string"."""
+    workflow_id = await make_workflow(client, [])
+    cases = [
+        ("POST", "/workflows/", '{"name": "\\ud800"}', "name"),
+        (
+            "PUT",
+            f"/workflows/{workflow_id}",
+            '{"name": "x", "description": "\\udbff"}',
+            "description",
+        ),
+        ("POST", f"/workflows/{workflow_id}/tasks/", '{"name": "a\\udc00b", "order": 1}', "name"),
+        ("POST", f"/workflows/{workflow_id}/tasks/", TASK % '"when": "\\ud800"', "when"),
+        (
+            "POST",
+            f"/workflows/{workflow_id}/execute",
+            '{"idempotency_key": "\\ud800"}',
+            "idempotency_key",
+        ),
+    ]
+    for method, path, body, field in cases:
+        answer = await client.request(
+            method, path, content=body, headers={"content-type": "application/json"}
+        )
+        assert answer.status_code == 422, (path, answer.text)
+        [error] = answer.json()["detail"]
+        assert error["loc"][-1] == field, error
+        assert error["msg"] == "Value error, " + SURROGATE_RULE, error
+        assert error["type"] == "value_error"
+    assert (await client.get(f"/workflows/{workflow_id}/executions")).json() == []
+
+
+async def test_names_quoted_in_messages_are_cut_short(client: httpx.AsyncClient) -> None:
+    """A template naming a 60,000-character task, or a parameter key that long: the message
+    says which rule, with the name cut to ECHO_MAX characters (the whole was sent back)."""
+    long = "x" * 60_000
+    for parameters in (
+        {"a": "{{ tasks." + long + ".output }}"},  # no such task: our message
+        {"a": "{{ " + long + " }}"},  # an unknown name: Jinja's message
+        {long: "{{ nope }}"},  # the place of the template
+    ):
+        task = {"name": "t", "order": 1, "parameters": parameters}
+        answer = await client.post("/workflows/", json={"name": "w", "tasks": [task]})
+        assert answer.status_code == 422, answer.text[:500]
+        assert len(answer.content) < 4 * ECHO_MAX + 500, answer.text[:500]
+        assert "…(truncated)" in answer.text
+        mutation = "mutation($input: WorkflowInput!) { createWorkflow(input: $input) { id } }"
+        graphql = await client.post(
+            "/graphql",
+            json={"query": mutation, "variables": {"input": {"name": "w", "tasks": [task]}}},
+        )
+        error = graphql.json()["errors"][0]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT"
+        assert len(error["message"]) < 3 * ECHO_MAX, error["message"][:500]
