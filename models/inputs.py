@@ -9,39 +9,33 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from models.errors import Invalid
+from models.settings import whole_number
 from models.templates import WHEN_MAX, TemplateFailed, check_when, parameter_references
-
-
-def _limit(variable: str, default: int) -> int:
-    """A limit from the environment (read when the process starts), else its default."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{variable} must be a whole number >= 1, not {text!r}")
-    return int(text)
-
 
 INT32_MAX = 2**31 - 1
 NAME_MAX = 255
 DESCRIPTION_MAX = 10_000
 # A task's parameters travel with every execution of it: keep them small.
-PARAMETERS_MAX_BYTES = _limit("WORKFLOW_MAX_PARAMETERS_BYTES", 64 * 1024)
+PARAMETERS_MAX_BYTES = whole_number("WORKFLOW_MAX_PARAMETERS_BYTES", 64 * 1024)
 PARAMETERS_MAX_DEPTH = 32
-MAX_TASKS_PER_WORKFLOW = _limit("WORKFLOW_MAX_TASKS", 1_000)
+MAX_TASKS_PER_WORKFLOW = whole_number("WORKFLOW_MAX_TASKS", 1_000)
 # An execution's input travels with every announcement of it: bounded like parameters.
-INPUT_MAX_BYTES = _limit("WORKFLOW_MAX_INPUT_BYTES", 256 * 1024)
-MAX_ATTEMPTS_LIMIT = _limit("WORKFLOW_MAX_ATTEMPTS", 100)
-TIMEOUT_SECONDS_MAX = float(_limit("WORKFLOW_MAX_TIMEOUT_SECONDS", 7 * 24 * 3600))
+INPUT_MAX_BYTES = whole_number("WORKFLOW_MAX_INPUT_BYTES", 256 * 1024)
+MAX_ATTEMPTS_LIMIT = whole_number("WORKFLOW_MAX_ATTEMPTS", 100)
+TIMEOUT_SECONDS_MAX = float(whole_number("WORKFLOW_MAX_TIMEOUT_SECONDS", 7 * 24 * 3600))
 # A task without timeout_seconds gets this (the engine applies it; the task shows null).
-DEFAULT_TASK_TIMEOUT_SECONDS = float(_limit("WORKFLOW_DEFAULT_TASK_TIMEOUT", 3600))
+DEFAULT_TASK_TIMEOUT_SECONDS = float(whole_number("WORKFLOW_DEFAULT_TASK_TIMEOUT", 3600))
+if DEFAULT_TASK_TIMEOUT_SECONDS > TIMEOUT_SECONDS_MAX:
+    raise ValueError(
+        "WORKFLOW_DEFAULT_TASK_TIMEOUT must be at most WORKFLOW_MAX_TIMEOUT_SECONDS "
+        f"({TIMEOUT_SECONDS_MAX:g})"
+    )
 ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
 
 
@@ -187,23 +181,30 @@ class TaskCreate(_Input):
     when: When = None
 
     @model_validator(mode="after")
-    def _noop_fits_its_timeout(self) -> TaskCreate:
-        """A `noop` that would wait longer than its timeout could never complete: refused now
-        rather than failing at run time (a duration with a template is checked when it runs)."""
-        if self.action != "noop" or "duration" not in self.parameters:
-            return self
-        duration = self.parameters["duration"]
-        if isinstance(duration, str) and "{{" in duration:
-            return self
-        if isinstance(duration, bool) or not isinstance(duration, int | float) or duration < 0:
-            raise ValueError("parameters.duration: must be a number of seconds >= 0")
-        timeout = self.timeout_seconds or DEFAULT_TASK_TIMEOUT_SECONDS
-        if duration > timeout:
+    def _fits_its_timeout(self) -> TaskCreate:
+        """A `noop` that would wait longer than its timeout could never complete, and an
+        `http` timeout longer than the task's would never apply: refused now rather than at
+        run time (a value with a template is checked when the task runs)."""
+        if self.action == "noop" and "duration" in self.parameters:
+            self._check_seconds("duration", self.parameters["duration"], zero=True)
+        elif self.action == "http" and self.parameters.get("timeout") is not None:
+            self._check_seconds("timeout", self.parameters["timeout"], zero=False)
+        return self
+
+    def _check_seconds(self, name: str, value: Any, zero: bool) -> None:
+        if isinstance(value, str) and "{{" in value:
+            return
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < 0 or (value == 0 and not zero):
             raise ValueError(
-                f"parameters.duration: {duration:g} s is longer than the task's timeout "
+                f"parameters.{name}: must be a number of seconds {'>=' if zero else '>'} 0"
+            )
+        timeout = self.timeout_seconds or DEFAULT_TASK_TIMEOUT_SECONDS
+        if value > timeout:
+            raise ValueError(
+                f"parameters.{name}: {value:g} s is longer than the task's timeout "
                 f"({timeout:g} s{'' if self.timeout_seconds else ', the default'})"
             )
-        return self
 
 
 class WorkflowUpdate(_Input):

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
 from dotenv import load_dotenv
 
 DEFAULT_DATABASE_URL = "sqlite://workflows.sqlite3"
+
+# The `http` action's reach (contract section 8). Read from the environment of the process the
+# action runs in, when it runs: SAQ workers and Ray actors have no Settings of their own.
+HTTP_ALLOW = "WORKFLOW_HTTP_ALLOW"  # a comma list of host names, addresses, CIDRs, or `*`
+HTTP_MAX_BYTES = "WORKFLOW_HTTP_MAX_BYTES"
+DEFAULT_HTTP_MAX_BYTES = 1024 * 1024  # the body becomes the task's output: stored, announced
+
+
+@functools.cache
+def load_env_file() -> None:
+    """A `.env` file's variables, for those the environment does not set: once, before the
+    first variable is read (limits are read when their module is imported, which can come
+    before Settings.from_env)."""
+    load_dotenv(override=False)
+
+
+def whole_number(variable: str, default: int) -> int:
+    """A whole number >= 1 from the environment, else `default`; a bad value raises, naming
+    the variable."""
+    load_env_file()
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{variable} must be a whole number >= 1, not {text!r}")
+    return int(text)
+
+
+def http_allow() -> str:
+    """WORKFLOW_HTTP_ALLOW as this process's environment has it now."""
+    load_env_file()
+    return os.environ.get(HTTP_ALLOW, "")
+
+
+def http_max_bytes() -> int:
+    """WORKFLOW_HTTP_MAX_BYTES as this process's environment has it now."""
+    return whole_number(HTTP_MAX_BYTES, DEFAULT_HTTP_MAX_BYTES)
 
 
 def _duration(variable: str, default: float | None) -> float | None:
@@ -56,7 +94,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        load_dotenv(override=False)
+        load_env_file()
         return cls(
             database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=os.environ.get("REDIS_URL") or None,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from exec_service import actions
-from exec_service.actions.builtin import ActionError, http, noop
+from exec_service.actions.builtin import ActionError, PermanentActionError, http, noop
 from tests.recorder import Recorder, recorder
 
 
@@ -22,8 +24,8 @@ def endpoint() -> Iterator[Recorder]:
 async def test_noop_waits_and_answers_an_empty_object() -> None:
     assert await noop({}) == {}
     assert await noop({"duration": 0.01}) == {}
-    for bad in (-1, "1", True, None):
-        with pytest.raises(ActionError):
+    for bad in (-1, "1", True, None):  # (from a template: refused at creation otherwise)
+        with pytest.raises(PermanentActionError):
             await noop({"duration": bad})
 
 
@@ -44,12 +46,43 @@ async def test_http_fails_on_an_unexpected_status(endpoint: Recorder) -> None:
         await http({"url": endpoint.url("strict"), "expect_status": [201, 202]})
 
 
-async def test_http_refuses_bad_parameters_and_unreachable_hosts() -> None:
-    for parameters in ({}, {"url": "ftp://x"}, {"url": "http://x", "headers": []}):
-        with pytest.raises(ActionError):
-            await http(parameters)
-    with pytest.raises(ActionError, match="failed"):
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"url": None}, "url"),
+        ({"url": "ftp://x"}, "url"),
+        ({"url": "http:///path"}, "url"),
+        ({"method": "GET /admin HTTP/1.1\r\nX:"}, "method"),
+        ({"method": 7}, "method"),
+        ({"headers": []}, "headers"),
+        ({"headers": {"x-a": "1\r\nX-Injected: 1"}}, "headers.x-a"),
+        ({"headers": {"bad name": "1"}}, "headers"),
+        ({"headers": {"x-a": {"nested": 1}}}, "headers.x-a"),
+        ({"expect_status": "ok"}, "expect_status"),
+        ({"expect_status": [200, 1000]}, "expect_status"),
+        ({"expect_status": []}, "expect_status"),
+    ],
+)
+async def test_http_refuses_bad_parameters_before_sending_anything(
+    endpoint: Recorder, parameters: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(PermanentActionError, match=rf"^http: parameters\.{re.escape(named)}"):
+        await http({"url": endpoint.url("never")} | parameters)
+    assert endpoint.count("never") == 0
+
+
+async def test_http_fails_on_an_unreachable_host_and_may_retry() -> None:
+    with pytest.raises(ActionError, match="failed") as failed:
         await http({"url": "http://127.0.0.1:1/", "timeout": 2})
+    assert not isinstance(failed.value, PermanentActionError)
+
+
+async def test_http_sends_method_headers_and_body(endpoint: Recorder) -> None:
+    output = await http(
+        {"url": endpoint.url("sent"), "method": "get", "headers": {"x-n": 3}, "timeout": None}
+    )
+    assert output["status_code"] == 200
+    assert endpoint.count("sent") == 1
 
 
 async def test_entry_point_actions_are_found(

@@ -29,6 +29,11 @@ def task(**fields: Any) -> dict[str, Any]:
     return {"name": "t", "order": 1, **fields}
 
 
+def http_task(parameters: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    url = {"url": "https://example.com/"}  # (never called: these tasks are not run)
+    return task(action="http", parameters=url | parameters, **fields)
+
+
 TOO_MUCH: list[tuple[dict[str, Any], str, str]] = [
     (task(max_attempts=MAX_ATTEMPTS_LIMIT + 1), "max_attempts", "maxAttempts"),
     (task(timeout_seconds=TIMEOUT_SECONDS_MAX + 1), "timeout_seconds", "timeoutSeconds"),
@@ -36,6 +41,10 @@ TOO_MUCH: list[tuple[dict[str, Any], str, str]] = [
     (task(parameters={"duration": 10}, timeout_seconds=5), "duration", "duration"),
     (task(parameters={"duration": DEFAULT_TASK_TIMEOUT_SECONDS + 1}), "duration", "duration"),
     (task(parameters={"duration": "soon"}), "duration", "duration"),
+    (http_task({"timeout": 10}, timeout_seconds=5), "timeout", "timeout"),
+    (http_task({"timeout": DEFAULT_TASK_TIMEOUT_SECONDS + 1}), "timeout", "timeout"),
+    (http_task({"timeout": 0}), "timeout", "timeout"),
+    (http_task({"timeout": "30"}), "timeout", "timeout"),
 ]
 
 
@@ -48,21 +57,54 @@ def graphql_task(fields: dict[str, Any]) -> dict[str, Any]:
 async def test_task_bounds_are_refused_on_rest_and_graphql(
     client: httpx.AsyncClient, fields: dict[str, Any], rest_name: str, graphql_name: str
 ) -> None:
-    workflow_id = await make_workflow(client, [])
+    workflow_id = await make_workflow(client, [task(name="kept")])
+    before = (await client.get(f"/workflows/{workflow_id}")).json()["tasks"]
+    task_id = before[0]["id"]
     added = await client.post(f"/workflows/{workflow_id}/tasks/", json=fields)
     assert added.status_code == 422, added.text
     assert rest_name in added.text
+    updated = await client.put(f"/workflows/{workflow_id}/tasks/{task_id}", json=fields)
+    assert updated.status_code == 422, updated.text
+    assert rest_name in updated.text
     created = await client.post("/workflows/", json={"name": "w", "tasks": [fields]})
     assert created.status_code == 422
-    mutation = "mutation($id: ID!, $t: TaskInput!) { addTask(workflowId: $id, input: $t) { id } }"
-    answer = await client.post(
-        "/graphql",
-        json={"query": mutation, "variables": {"id": str(workflow_id), "t": graphql_task(fields)}},
-    )
-    error = answer.json()["errors"][0]
-    assert error["extensions"]["code"] == "BAD_USER_INPUT"
-    assert graphql_name in error["message"]
-    assert (await client.get(f"/workflows/{workflow_id}")).json()["tasks"] == []
+    assert rest_name in created.text
+    ids = {"id": str(workflow_id), "task": str(task_id), "t": graphql_task(fields)}
+    for mutation in (
+        "mutation($id: ID!, $t: TaskInput!) { addTask(workflowId: $id, input: $t) { id } }",
+        "mutation($id: ID!, $task: ID!, $t: TaskInput!) {"
+        " updateTask(workflowId: $id, taskId: $task, input: $t) { id } }",
+        'mutation($t: TaskInput!) { createWorkflow(input: {name: "w", tasks: [$t]}) { id } }',
+    ):
+        variables = {name: value for name, value in ids.items() if f"${name}" in mutation}
+        answer = await client.post("/graphql", json={"query": mutation, "variables": variables})
+        error = answer.json()["errors"][0]
+        assert error["extensions"]["code"] == "BAD_USER_INPUT", mutation
+        assert graphql_name in error["message"]
+    assert (await client.get(f"/workflows/{workflow_id}")).json()["tasks"] == before
+
+
+async def test_values_within_the_task_timeout_are_accepted(client: httpx.AsyncClient) -> None:
+    fitting = [
+        task(name="a", parameters={"duration": 5}, timeout_seconds=5),
+        task(name="b", parameters={"duration": DEFAULT_TASK_TIMEOUT_SECONDS}),
+        task(name="c", parameters={"duration": "{{ input.wait }}"}),  # checked when it runs
+        http_task({"timeout": 5}, name="d", timeout_seconds=5),
+        http_task({"timeout": None}, name="e"),  # the default
+        http_task({"timeout": DEFAULT_TASK_TIMEOUT_SECONDS}, name="f"),
+        http_task({"timeout": "{{ input.patience }}"}, name="g"),
+    ]
+    created = await client.post("/workflows/", json={"name": "fits", "tasks": fitting})
+    assert created.status_code == 200, created.text
+    assert [shown["timeout_seconds"] for shown in created.json()["tasks"]] == [
+        5.0,
+        None,  # the default applies when it runs; it is not stored
+        None,
+        5.0,
+        None,
+        None,
+        None,
+    ]
 
 
 async def test_a_workflow_has_at_most_max_tasks_however_they_come(

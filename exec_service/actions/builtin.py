@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from exec_service.actions.http_reach import DestinationRefused, destination
+from exec_service.actions.http_reach import DestinationRefused, Unresolvable, checked_client
+from models.inputs import TIMEOUT_SECONDS_MAX
+from models.settings import HTTP_MAX_BYTES, http_max_bytes
 from models.storable import storable_text
 
 # One connection pool for every http task in this process.
 _client: httpx.AsyncClient | None = None
+# An http task's `timeout` when it sets none (or null): seconds for the whole request. Its
+# largest is the largest task timeout; the task's own timeout (checked at creation) is tighter.
 DEFAULT_HTTP_TIMEOUT = 30.0
-# An http task's `timeout` at most: a task's own timeout bounds the whole attempt anyway.
-MAX_HTTP_TIMEOUT = 3600.0
-# A response body at most (WORKFLOW_HTTP_MAX_BYTES): it becomes the task's output, which is
-# stored and announced.
-DEFAULT_HTTP_MAX_BYTES = 1024 * 1024
+# What goes on the wire is checked before it does: a method is an HTTP token, a header name
+# too, and a header value holds no line break (h11 would refuse them, in words about HTTP).
+METHOD = re.compile(r"[A-Z][A-Z0-9_-]{0,31}")
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00\r\n]")
 
 
 class ActionError(Exception):
@@ -65,7 +70,8 @@ def describe(exc: BaseException) -> str:
 async def noop(parameters: dict[str, Any]) -> dict[str, Any]:
     duration = parameters.get("duration", 0)
     if not isinstance(duration, int | float) or isinstance(duration, bool) or duration < 0:
-        raise ActionError("noop: parameters.duration must be a number of seconds >= 0")
+        # (Refused at creation too; a template can still render one.)
+        raise PermanentActionError("noop: parameters.duration must be a number of seconds >= 0")
     if duration:
         await asyncio.sleep(duration)
     return {}
@@ -74,7 +80,7 @@ async def noop(parameters: dict[str, Any]) -> dict[str, Any]:
 def _http_client() -> httpx.AsyncClient:
     global _client
     if _client is None or _client.is_closed:
-        _client = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        _client = checked_client()
     return _client
 
 
@@ -85,55 +91,76 @@ async def close_http_client() -> None:
         _client = None
 
 
+@dataclass(frozen=True)
+class HttpCall:
+    """An http task's parameters, checked before anything is sent."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: dict[str, Any]  # `json=` or `content=`, as httpx takes them
+    timeout: float
+    expect_status: frozenset[int] | None
+
+    @classmethod
+    def of(cls, parameters: dict[str, Any]) -> HttpCall:
+        """Raises PermanentActionError naming the parameter: another attempt cannot mend it."""
+        url = parameters.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise PermanentActionError("http: parameters.url must be an http:// or https:// URL")
+        try:
+            if not httpx.URL(url).host:
+                raise PermanentActionError("http: parameters.url has no host")
+        except httpx.InvalidURL as exc:
+            raise PermanentActionError(f"http: parameters.url is not a URL: {exc}") from None
+        method = parameters.get("method", "GET")
+        if not isinstance(method, str) or not METHOD.fullmatch(method.upper()):
+            raise PermanentActionError("http: parameters.method must be an HTTP method, e.g. GET")
+        content: dict[str, Any] = {}
+        if "json" in parameters:
+            content["json"] = parameters["json"]
+        elif "body" in parameters:
+            body = parameters["body"]
+            content["content"] = body if isinstance(body, str) else json.dumps(body)
+        return cls(
+            method=method.upper(),
+            url=url,
+            headers=_headers(parameters.get("headers")),
+            content=content,
+            timeout=_timeout(parameters.get("timeout")),
+            expect_status=_expected(parameters.get("expect_status")),
+        )
+
+
 async def http(parameters: dict[str, Any]) -> dict[str, Any]:
-    url = parameters.get("url")
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise PermanentActionError("http: parameters.url must be an http:// or https:// URL")
-    method = str(parameters.get("method", "GET")).upper()
-    headers = parameters.get("headers") or {}
-    if not isinstance(headers, dict):
-        raise PermanentActionError("http: parameters.headers must be an object")
-    timeout = _timeout(parameters.get("timeout"))
-    request: dict[str, Any] = {"headers": {str(k): str(v) for k, v in headers.items()}}
-    if "json" in parameters:
-        request["json"] = parameters["json"]
-    elif "body" in parameters:
-        body = parameters["body"]
-        request["content"] = body if isinstance(body, str) else json.dumps(body)
+    call = HttpCall.of(parameters)
     try:
-        target = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        raise PermanentActionError(f"http: parameters.url is not a URL: {exc}") from None
-    host = target.host
-    if not host:
-        raise PermanentActionError("http: parameters.url has no host")
-    port = target.port or (443 if target.scheme == "https" else 80)
+        limit = http_max_bytes()
+    except ValueError as exc:
+        raise PermanentActionError(f"http: {exc}") from None
+    where = f"{call.method} {call.url}"
     try:
-        address = await destination(host, port)
+        # `timeout` bounds the whole request (httpx's bounds each read: a server that drips a
+        # byte at a time would never end).
+        async with asyncio.timeout(call.timeout):
+            async with _http_client().stream(
+                call.method, call.url, headers=call.headers, timeout=call.timeout, **call.content
+            ) as response:
+                content = await _read_capped(response, limit)
     except DestinationRefused as exc:
         raise PermanentActionError(f"http: destination refused: {exc}") from None
-    # Connect to the address just checked, not to the name (which could resolve elsewhere
-    # now): the name stays in the Host header and in TLS's SNI and certificate check.
-    if not any(name.lower() == "host" for name in request["headers"]):
-        request["headers"]["Host"] = target.netloc.decode("ascii")
-    pinned = target.copy_with(host=str(address))
-    extensions = {"sni_hostname": host} if target.scheme == "https" else {}
-    limit = max_response_bytes()
-    try:
-        async with _http_client().stream(
-            method, pinned, timeout=timeout, extensions=extensions, **request
-        ) as response:
-            content = await _read_capped(response, limit, method, url)
-    except httpx.TimeoutException:
-        raise ActionError(f"http: {method} {url} timed out after {timeout:g}s") from None
+    except (TimeoutError, httpx.TimeoutException):
+        raise ActionError(f"http: {where} timed out after {call.timeout:g}s") from None
     except httpx.HTTPError as exc:
         # The same words whether nothing listens or something refused: an http task must not
         # tell its author which ports are open where.
-        raise ActionError(f"http: {method} {url} failed: {_kind(exc)}") from None
-    expected = parameters.get("expect_status")
-    ok = response.status_code in _as_list(expected) if expected else response.is_success
+        raise ActionError(f"http: {where} failed: {_kind(exc)}") from None
+    if call.expect_status is not None:
+        ok = response.status_code in call.expect_status
+    else:
+        ok = response.is_success
     if not ok:
-        raise ActionError(f"http: {method} {url} answered {response.status_code}")
+        raise ActionError(f"http: {where} answered {response.status_code}")
     body_out: Any
     try:
         body_out = json.loads(content)
@@ -146,11 +173,12 @@ async def http(parameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _read_capped(response: httpx.Response, limit: int, method: str, url: str) -> bytes:
-    """The body, read as it streams in, refused as soon as it passes `limit` bytes."""
-    too_large = f"http: {method} {url} answered more than {limit} bytes (WORKFLOW_HTTP_MAX_BYTES)"
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The body, read as it streams in (decompressed), refused as soon as it passes `limit`
+    bytes; a Content-Length past it is refused before the first byte is read."""
+    too_large = f"http: response body larger than {limit} bytes ({HTTP_MAX_BYTES})"
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ActionError(too_large)
     chunks: list[bytes] = []
     size = 0
@@ -163,36 +191,63 @@ async def _read_capped(response: httpx.Response, limit: int, method: str, url: s
 
 
 def _kind(exc: httpx.HTTPError) -> str:
+    if isinstance(exc.__cause__, Unresolvable):
+        return f"could not connect ({exc})"  # no port was tried: nothing to tell about one
     if isinstance(exc, httpx.ConnectError):
         return "could not connect"
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.LocalProtocolError):
+    if isinstance(exc, httpx.RemoteProtocolError):
         return "the answer was not valid HTTP"
     return type(exc).__name__
 
 
+def _headers(value: Any) -> dict[str, str]:
+    """`headers`: an object of names to text or numbers."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PermanentActionError("http: parameters.headers must be an object")
+    headers: dict[str, str] = {}
+    for name, item in value.items():
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            raise PermanentActionError(f"http: parameters.headers: {name!r:.80} is not a name")
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise PermanentActionError(f"http: parameters.headers.{name} must be text")
+        text = str(item)
+        if HEADER_VALUE_FORBIDDEN.search(text):
+            raise PermanentActionError(
+                f"http: parameters.headers.{name} must not hold line breaks or NUL"
+            )
+        headers[name] = text
+    return headers
+
+
 def _timeout(value: Any) -> float:
-    """`timeout`: seconds, > 0 and at most MAX_HTTP_TIMEOUT; absent or null: the default."""
+    """`timeout`: seconds, > 0 and at most the largest task timeout; absent or null: the
+    default."""
     if value is None:
         return DEFAULT_HTTP_TIMEOUT
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
-        or not 0 < value <= MAX_HTTP_TIMEOUT
+        or not 0 < value <= TIMEOUT_SECONDS_MAX
     ):
         raise PermanentActionError(
-            f"http: parameters.timeout must be a number of seconds > 0 and <= {MAX_HTTP_TIMEOUT:g}"
+            "http: parameters.timeout must be a number of seconds > 0 and "
+            f"<= {TIMEOUT_SECONDS_MAX:g}"
         )
     return float(value)
 
 
-def max_response_bytes() -> int:
-    """WORKFLOW_HTTP_MAX_BYTES, as this process's environment has it (actions run in workers
-    and Ray actors, which read their own)."""
-    text = os.environ.get("WORKFLOW_HTTP_MAX_BYTES", "")
-    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_HTTP_MAX_BYTES
-
-
-def _as_list(value: Any) -> list[int]:
-    if isinstance(value, list):
-        return [int(item) for item in value]
-    return [int(value)]
+def _expected(value: Any) -> frozenset[int] | None:
+    """`expect_status`: a status code or a list of them; absent or null: any 2xx."""
+    if value is None:
+        return None
+    codes = value if isinstance(value, list) else [value]
+    if not codes or not all(
+        isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
+        for code in codes
+    ):
+        raise PermanentActionError(
+            "http: parameters.expect_status must be a status code (100-599) or a list of them"
+        )
+    return frozenset(codes)
