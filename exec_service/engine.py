@@ -169,7 +169,8 @@ class Runner:
         config = self.engine.config
         parameters = cast(dict[str, Any], run.parameters)
         rendered: dict[str, Any] | None = None
-        if run.condition is not None or has_templates(parameters):
+        templated = has_templates(parameters)
+        if run.condition is not None or templated:
             # From the committed outputs of earlier stages: a take-over renders the same.
             try:
                 context = self._template_context(run)
@@ -177,7 +178,7 @@ class Runner:
                     skipped = RunChange(run.id, (PENDING,), {"status": SKIPPED})
                     await self._write([skipped], task=run)
                     return
-                if has_templates(parameters):
+                if templated:
                     rendered = parameters = render_parameters(parameters, context)
             except TemplateFailed as exc:
                 raise TaskFailed(run, exc.message) from None  # the same on every attempt

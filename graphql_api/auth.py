@@ -10,7 +10,6 @@ one exists.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import Depends, Request
@@ -21,12 +20,13 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
+from graphql_api.asgi_answers import send_json
 from models.access import ANONYMOUS, Authenticator, NotAuthenticated, Principal, Role, require
 
 # Paths any caller may read, key or not.
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 PUBLIC_PREFIXES = ("/hooks/",)
-UNAUTHENTICATED_BODY = json.dumps({"detail": "Not authenticated"}).encode()
+UNAUTHENTICATED = {"detail": "Not authenticated"}
 
 
 def _authenticator(scope: Scope) -> Authenticator:
@@ -75,18 +75,7 @@ class Authentication:
         try:
             state["principal"] = await _authenticator(scope).principal(authorization)
         except NotAuthenticated:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(UNAUTHENTICATED_BODY)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": UNAUTHENTICATED_BODY})
+            await send_json(send, 401, UNAUTHENTICATED, [(b"www-authenticate", b"Bearer")])
             return
         # Passed on to the execution service, which checks it again (it trusts no caller).
         state["authorization"] = authorization

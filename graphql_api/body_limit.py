@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from graphql_api.asgi_answers import send_json
 
 # Far above any workflow a person writes (a task's parameters are capped at 64 KiB), far below
 # what it would take to hurt the server.
@@ -55,17 +55,5 @@ class BodySizeLimit:
                 raise
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"detail": f"Request body too large: the limit is {self.max_bytes} bytes"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        detail = f"Request body too large: the limit is {self.max_bytes} bytes"
+        await send_json(send, 413, {"detail": detail})

@@ -34,13 +34,14 @@ async def deliver(trigger_id: int, request: Request) -> JSONResponse:
     trigger = await triggers.find(trigger_id)
     if trigger is None:
         raise NotFound(triggers.TRIGGER_NOT_FOUND)
-    body = b""
+    received = bytearray()
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > HOOK_BODY_MAX_BYTES:
+        received += chunk
+        if len(received) > HOOK_BODY_MAX_BYTES:
             return JSONResponse(
                 {"detail": f"A delivery is at most {HOOK_BODY_MAX_BYTES} bytes"}, status_code=413
             )
+    body = bytes(received)
     signature = request.headers.get("x-workflow-signature")
     if not triggers.signature_matches(trigger.secret, body, signature):
         return JSONResponse({"detail": "Invalid signature"}, status_code=401)

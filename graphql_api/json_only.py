@@ -9,12 +9,12 @@ makes the browser ask first, and our answer carries no CORS headers. A POST with
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from graphql_api.asgi_answers import send_json
+
 WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
-REFUSAL = json.dumps({"detail": "Content-Type must be application/json"}).encode()
+REFUSAL = {"detail": "Content-Type must be application/json"}
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
@@ -33,16 +33,6 @@ class JsonOnly:
             )
             media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
             if has_body and media_type != b"application/json":
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 415,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(REFUSAL)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": REFUSAL})
+                await send_json(send, 415, REFUSAL)
                 return
         await self.app(scope, receive, send)

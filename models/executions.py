@@ -318,8 +318,8 @@ SELECT execution.id AS new_execution_id, runs.* FROM execution LEFT JOIN runs ON
 
 
 async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
-    arguments = list(values.values())
-    arguments[8] = _db_value("input", arguments[8])  # JSON text, as the column keeps it
+    # (`input` as JSON text, as the column keeps it.)
+    arguments = [_db_value(column, value) for column, value in values.items()]
     rows = await Execution._meta.db.execute_query_dict(_CREATE, arguments)
     if not rows:
         raise NotFound(WORKFLOW_NOT_FOUND)

@@ -86,6 +86,25 @@ async def redis_namespace() -> AsyncIterator[tuple[str, str]]:
 
 
 @asynccontextmanager
+async def server_environment(
+    backend: str, tmp_path_factory: pytest.TempPathFactory, env: dict[str, str] | None = None
+) -> AsyncIterator[dict[str, str]]:
+    """The environment of a server process of a test's own, on `backend`: `sqlite` (a fresh
+    file) or `postgres-redis` (a fresh database and Redis namespace), with `env` on top."""
+    env = env or {}
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("server") / "db.sqlite3"
+        yield env | {"DATABASE_URL": f"sqlite://{path}"}
+        return
+    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
+        yield env | {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": url,
+            "WORKFLOW_REDIS_PREFIX": prefix,
+        }
+
+
+@asynccontextmanager
 async def saq_queue() -> AsyncIterator[TaskQueue]:
     """A connected SAQ queue under a fresh prefix (redis_namespace deletes its keys after)."""
     from exec_service.worker import make_queue

@@ -24,7 +24,7 @@ from websockets.typing import Subprotocol
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 from tests.live_server import REPO, LiveServer, free_port, live_server, wait_for
-from tests.services import fresh_postgres_database, redis_namespace
+from tests.services import server_environment
 
 ADMIN_KEY = "bootstrap-admin-secret-for-tests"
 PROTOCOL = Subprotocol("graphql-transport-ws")
@@ -35,17 +35,10 @@ pytestmark = pytest.mark.slow
 async def server_env(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("auth") / "db.sqlite3"
-        yield {"DATABASE_URL": f"sqlite://{path}", "WORKFLOW_ADMIN_KEY": ADMIN_KEY}
-        return
-    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": url,
-            "WORKFLOW_REDIS_PREFIX": prefix,
-            "WORKFLOW_ADMIN_KEY": ADMIN_KEY,
-        }
+    async with server_environment(
+        request.param, tmp_path_factory, {"WORKFLOW_ADMIN_KEY": ADMIN_KEY}
+    ) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")

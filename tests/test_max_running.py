@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.live_server import live_server
-from tests.services import fresh_postgres_database, redis_namespace
+from tests.services import server_environment
 
 MAX_RUNNING = 3
 STARTED = 3 * MAX_RUNNING
@@ -25,17 +25,12 @@ TASK_SECONDS = 0.4
 async def server_env(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:
-    env = {"WORKFLOW_MAX_RUNNING": str(MAX_RUNNING), "WORKFLOW_LEASE_SECONDS": "2"}
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("max-running") / "db.sqlite3"
-        yield env | {"DATABASE_URL": f"sqlite://{path}"}
-        return
-    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield env | {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": url,
-            "WORKFLOW_REDIS_PREFIX": prefix,
-        }
+    async with server_environment(
+        request.param,
+        tmp_path_factory,
+        {"WORKFLOW_MAX_RUNNING": str(MAX_RUNNING), "WORKFLOW_LEASE_SECONDS": "2"},
+    ) as env:
+        yield env
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ import pytest
 
 from tests.live_server import LiveServer, live_server, wait_for
 from tests.recorder import Recorder, recorder
-from tests.services import fresh_postgres_database, redis_namespace
+from tests.services import server_environment
 
 # Short leases so that a restarted process takes over quickly.
 ENV = {
@@ -37,17 +37,8 @@ TASK_SECONDS = 0.3
 async def server_env(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("recovery") / "db.sqlite3"
-        yield {**ENV, "DATABASE_URL": f"sqlite://{path}"}
-        return
-    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield {
-            **ENV,
-            "DATABASE_URL": database_url,
-            "REDIS_URL": url,
-            "WORKFLOW_REDIS_PREFIX": prefix,
-        }
+    async with server_environment(request.param, tmp_path_factory, ENV) as env:
+        yield env
 
 
 def start(env: dict[str, str]) -> Any:

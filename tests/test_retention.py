@@ -16,7 +16,7 @@ from models.retention import parse_duration
 from protos import execution_pb2 as pb
 from tests.executions import make_workflow, noop, wait_until_done
 from tests.live_server import live_server, wait_for
-from tests.services import fresh_postgres_database, redis_namespace
+from tests.services import server_environment
 
 if TYPE_CHECKING:
     from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
@@ -70,17 +70,10 @@ def test_durations_that_are_not(text: str) -> None:
 async def server_env(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[dict[str, str]]:
-    env = {"WORKFLOW_RETENTION": "1s", "WORKFLOW_PRUNE_EVERY": "1s"}
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("retention") / "db.sqlite3"
-        yield env | {"DATABASE_URL": f"sqlite://{path}"}
-        return
-    async with fresh_postgres_database() as database_url, redis_namespace() as (url, prefix):
-        yield env | {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": url,
-            "WORKFLOW_REDIS_PREFIX": prefix,
-        }
+    async with server_environment(
+        request.param, tmp_path_factory, {"WORKFLOW_RETENTION": "1s", "WORKFLOW_PRUNE_EVERY": "1s"}
+    ) as env:
+        yield env
 
 
 @pytest.mark.slow
