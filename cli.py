@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
@@ -142,16 +143,10 @@ def _refuse_open_public_bind(host: str) -> None:
     from models.settings import Settings
     from models.startup import open_service_on_public_address
 
-    problem = asyncio_run(open_service_on_public_address(Settings.from_env(), host))
+    problem = asyncio.run(open_service_on_public_address(Settings.from_env(), host))
     if problem:
         print(f"Error: {problem}", file=sys.stderr)
         sys.exit(2)
-
-
-def asyncio_run(main: Coroutine[Any, Any, Any]) -> Any:
-    import asyncio
-
-    return asyncio.run(main)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -279,7 +274,7 @@ def _keys(args: argparse.Namespace) -> None:
     from models.settings import Settings
 
     try:
-        asyncio_run(run_key_command(Settings.from_env().database_url, args))
+        asyncio.run(run_key_command(Settings.from_env().database_url, args))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
