@@ -114,10 +114,15 @@ async def stub(app: FastAPI) -> AsyncIterator[WorkflowExecutionAsyncStub]:
         yield WorkflowExecutionStub(channel)
 
 
+# How store.claim_pending's look for pending executions reads, as Tortoise logs it.
+PENDING_LOOK = 'SELECT "id" "id" FROM "executions" WHERE "status"='
+
+
 class QueryCounter(logging.Handler):
     """Counts the SQL statements Tortoise sends (it logs each one at DEBUG). The embedded
-    engine's lease rounds (renewals and take-over scans, every second or two) run on their own
-    schedule and are left out: a count that caught one would depend on timing."""
+    engine's lease rounds (renewals, take-over scans and the look for pending executions, every
+    second or two) run on their own schedule and are left out: a count that caught one would
+    depend on timing."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -129,6 +134,8 @@ class QueryCounter(logging.Handler):
             return
         if '"lease_owner"=' in message or '"lease_expires_at"<' in message:
             return
+        if PENDING_LOOK in message and "'pending'" in message:
+            return  # the lease round's look for pending executions (Engine.start_pending)
         self.statements.append(message)
 
     def reset(self) -> None:
