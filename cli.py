@@ -312,6 +312,40 @@ def _trigger(args: argparse.Namespace) -> None:
         print(f"Deleted trigger {args.trigger_id}")
 
 
+_SCHEDULE_FIELDS = "id workflowId cron intervalSeconds timezone input enabled nextRunAt lastRunAt"
+
+
+def _schedule(args: argparse.Namespace) -> None:
+    if args.schedule_command == "add":
+        schedule: dict[str, Any] = {"timezone": args.timezone}
+        if args.cron is not None:
+            schedule["cron"] = args.cron
+        else:
+            schedule["intervalSeconds"] = args.every
+        if args.input is not None:
+            schedule["input"] = _json_object(args.input, "--input")
+        if args.disabled:
+            schedule["enabled"] = False
+        made = _graphql(
+            "mutation($w: ID!, $s: ScheduleInput!) { createSchedule(workflowId: $w, input: $s) "
+            f"{{ {_SCHEDULE_FIELDS} }} }}",
+            w=str(args.workflow_id),
+            s=schedule,
+        )["createSchedule"]
+        next_run = made["nextRunAt"] or "never (disabled)"
+        print(f"Created schedule {made['id']} of workflow {made['workflowId']}: next {next_run}")
+    elif args.schedule_command == "list":
+        variables = {"w": str(args.workflow_id)} if args.workflow_id else {}
+        listed = _graphql(
+            f"query($w: ID) {{ schedules(workflowId: $w) {{ {_SCHEDULE_FIELDS} }} }}",
+            **variables,
+        )["schedules"]
+        _print_json(listed)
+    else:
+        _graphql("mutation($id: ID!) { deleteSchedule(id: $id) }", id=str(args.schedule_id))
+        print(f"Deleted schedule {args.schedule_id}")
+
+
 def _execute(args: argparse.Namespace) -> None:
     from protos import execution_pb2
 
@@ -598,6 +632,34 @@ def build_parser() -> argparse.ArgumentParser:
     trigger_rm = trigger_commands.add_parser("rm", help="delete a trigger")
     trigger_rm.add_argument("trigger_id", type=int)
     trigger.set_defaults(handler=_trigger)
+
+    schedule = commands.add_parser(
+        "schedule", help="schedules of workflows (list: viewer; add, rm: admin)"
+    )
+    schedule_commands = schedule.add_subparsers(
+        dest="schedule_command", metavar="SCHEDULE_COMMAND", required=True
+    )
+    schedule_add = schedule_commands.add_parser(
+        "add", help="start a workflow on a cron schedule or every N seconds"
+    )
+    schedule_add.add_argument("workflow_id", type=_int32)
+    timing = schedule_add.add_mutually_exclusive_group(required=True)
+    timing.add_argument(
+        "--cron", help="five fields: minute hour day-of-month month day-of-week, e.g. '0 9 * * 1'"
+    )
+    timing.add_argument("--every", type=_int32, metavar="SECONDS", help="a tick every N seconds")
+    schedule_add.add_argument(
+        "--timezone", default="UTC", help="IANA zone the cron fields are in (default UTC)"
+    )
+    schedule_add.add_argument("--input", help="each execution's input, a JSON object")
+    schedule_add.add_argument(
+        "--disabled", action="store_true", help="make it disabled (no ticks until enabled)"
+    )
+    schedule_list = schedule_commands.add_parser("list", help="list schedules as JSON")
+    schedule_list.add_argument("workflow_id", type=_int32, nargs="?", help="of this workflow only")
+    schedule_rm = schedule_commands.add_parser("rm", help="delete a schedule")
+    schedule_rm.add_argument("schedule_id", type=_int32)
+    schedule.set_defaults(handler=_schedule)
     return parser
 
 

@@ -19,6 +19,7 @@ from exec_service.bus import EventBus, make_bus
 from exec_service.engine import Engine, EngineConfig
 from exec_service.executors import Executor, make_executor
 from exec_service.pruner import Pruner
+from exec_service.scheduler import Scheduler
 from exec_service.servicer import WorkflowExecutionServicer
 from models import api_keys
 from models.access import Authenticator
@@ -83,6 +84,7 @@ class ExecutionService:
         self.server: grpc.aio.Server | None = None
         self.local_socket = local_socket
         self.pruner: Pruner | None = None
+        self.scheduler: Scheduler | None = None
         self._local_folder: str | None = None
 
     async def start(self) -> None:
@@ -106,6 +108,8 @@ class ExecutionService:
         if settings.retention_seconds is not None:
             self.pruner = Pruner(settings.retention_seconds, settings.prune_every_seconds)
             self.pruner.start()
+        self.scheduler = Scheduler(self.engine)
+        self.scheduler.start()
 
         servicer = WorkflowExecutionServicer(self.engine, self.bus, self.authenticator)
         roles = method_roles(SERVICE_NAME, servicer)
@@ -137,6 +141,8 @@ class ExecutionService:
         )
 
     async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.pruner is not None:
             await self.pruner.stop()
         if self.server is not None:

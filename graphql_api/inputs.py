@@ -8,7 +8,7 @@ from pydantic import BaseModel, ValidationError
 
 from graphql_api.types import TaskInput, WorkflowInput
 from models.errors import Invalid
-from models.inputs import INT32_MAX, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.inputs import INT32_MAX, ScheduleIn, TaskCreate, WorkflowCreate, WorkflowUpdate
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -70,3 +70,7 @@ def workflow_update(data: WorkflowInput) -> tuple[WorkflowUpdate, list[TaskCreat
         return _validate(WorkflowUpdate, payload, "input"), None
     full = workflow_create(data)
     return WorkflowUpdate(name=full.name, description=full.description), full.tasks
+
+
+def schedule_in(data: dict[str, Any]) -> ScheduleIn:
+    return _validate(ScheduleIn, data, "input")

@@ -13,13 +13,20 @@ from fastapi.responses import Response
 
 from graphql_api.auth import needs
 from graphql_api.exec_client import ExecutionClient
-from graphql_api.rest_shapes import ExecutionOut, Success, TaskOut, WorkflowOut
+from graphql_api.rest_shapes import ExecutionOut, ScheduleOut, Success, TaskOut, WorkflowOut
 from models import executions as execution_store
-from models import retention
+from models import retention, schedules
 from models import workflows as store
 from models.access import Role
 from models.errors import WORKFLOW_NOT_FOUND, NotFound
-from models.inputs import INT32_MAX, ExecuteRequest, TaskCreate, WorkflowCreate, WorkflowUpdate
+from models.inputs import (
+    INT32_MAX,
+    ExecuteRequest,
+    ScheduleIn,
+    TaskCreate,
+    WorkflowCreate,
+    WorkflowUpdate,
+)
 
 router = APIRouter()
 
@@ -167,3 +174,33 @@ async def list_workflow_executions(
     await store.get_workflow_json(workflow_id)  # 404 for a workflow that does not exist
     rows = await execution_store.list_executions(workflow_id, skip, limit)
     return _json(store.dumps([execution_store.public(row) for row in rows]))
+
+
+@_route("GET", "/workflows/{workflow_id}/schedules", list[ScheduleOut], Role.VIEWER)
+async def list_schedules(workflow_id: int) -> Response:
+    await store.get_workflow_json(workflow_id)  # 404 for a workflow that does not exist
+    return _json(store.dumps(await schedules.list_schedules(workflow_id)))
+
+
+@_route("POST", "/workflows/{workflow_id}/schedules", ScheduleOut, Role.ADMIN)
+async def create_schedule(workflow_id: int, body: ScheduleIn) -> Response:
+    """A schedule (exactly one of `cron` and `interval_seconds`); its first tick is the first
+    one after now."""
+    return _json(store.dumps(await schedules.create_schedule(workflow_id, body)))
+
+
+@_route("GET", "/schedules/{schedule_id}", ScheduleOut, Role.VIEWER)
+async def get_schedule(schedule_id: int) -> Response:
+    return _json(store.dumps(await schedules.get_schedule(schedule_id)))
+
+
+@_route("PUT", "/schedules/{schedule_id}", ScheduleOut, Role.ADMIN)
+async def update_schedule(schedule_id: int, body: ScheduleIn) -> Response:
+    """Replace the schedule's timing, input and state; its next tick is counted from now."""
+    return _json(store.dumps(await schedules.update_schedule(schedule_id, body)))
+
+
+@_route("DELETE", "/schedules/{schedule_id}", Success, Role.ADMIN)
+async def delete_schedule(schedule_id: int) -> Response:
+    await schedules.delete_schedule(schedule_id)
+    return _json(SUCCESS)

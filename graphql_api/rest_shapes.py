@@ -53,3 +53,16 @@ class ExecutionOut(BaseModel):
     output: dict[str, Any]
     triggered_by: str
     retry_of: int | None
+
+
+class ScheduleOut(BaseModel):
+    id: int
+    workflow_id: int
+    cron: str | None
+    interval_seconds: int | None
+    timezone: str
+    input: dict[str, Any] | None
+    enabled: bool
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    created_at: datetime

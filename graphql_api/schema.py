@@ -24,6 +24,7 @@ from strawberry.types import ExecutionContext
 from graphql_api.auth import Needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
+from graphql_api.schedule_fields import ScheduleMutation, ScheduleQuery
 from graphql_api.types import (
     ApiKey,
     Execution,
@@ -137,7 +138,7 @@ class KeyMutation:
 
 
 @strawberry.type
-class Query(KeyQuery, TriggerQuery):
+class Query(KeyQuery, TriggerQuery, ScheduleQuery):
     @strawberry.field(
         description="A page of workflows, ordered by id.", permission_classes=[Needs.VIEWER]
     )
@@ -176,7 +177,7 @@ class Query(KeyQuery, TriggerQuery):
 
 
 @strawberry.type
-class Mutation(KeyMutation, TriggerMutation):
+class Mutation(KeyMutation, TriggerMutation, ScheduleMutation):
     @strawberry.mutation(permission_classes=[Needs.ADMIN])
     async def create_workflow(self, input: WorkflowInput) -> Workflow:
         return Workflow.from_dict(await store.create_workflow(workflow_create(input)))

@@ -15,6 +15,12 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from models.errors import Invalid
+from models.schedule_times import (
+    INTERVAL_MAX_SECONDS,
+    INTERVAL_MIN_SECONDS,
+    check_cron,
+    check_timezone,
+)
 from models.settings import whole_number
 from models.templates import WHEN_MAX, TemplateFailed, check_when, parameter_references
 
@@ -238,3 +244,26 @@ def execution_input(value: Any, argument: str) -> dict[str, Any] | None:
         return _check_input(value)
     except ValueError as exc:
         raise Invalid(f"Invalid input: {argument}: {exc}") from None
+
+
+class ScheduleIn(_Input):
+    """A schedule as a client sends it (REST body, GraphQL ScheduleInput, the CLI)."""
+
+    cron: Annotated[str, BeforeValidator(_text_first)] | None = None
+    interval_seconds: int | None = None
+    timezone: Annotated[str, BeforeValidator(_text_first)] = "UTC"
+    input: ExecutionInputObject | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_timing(self) -> ScheduleIn:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of cron and interval_seconds")
+        if self.cron is not None:
+            self.cron = check_cron(self.cron)
+        elif not INTERVAL_MIN_SECONDS <= (self.interval_seconds or 0) <= INTERVAL_MAX_SECONDS:
+            raise ValueError(
+                f"interval_seconds: from {INTERVAL_MIN_SECONDS} to {INTERVAL_MAX_SECONDS}"
+            )
+        check_timezone(self.timezone)
+        return self

@@ -179,3 +179,33 @@ class Trigger(Model):
 
     class Meta:
         table = "triggers"
+
+
+class Schedule(Model):
+    """A schedule: its workflow starts at each tick, by cron in a time zone or every N seconds.
+
+    `next_run_at` is the tick the scheduler waits for. An execution service takes a tick by
+    moving `next_run_at` on in a conditional update (it still holds the tick it read, and the
+    schedule is enabled), in the transaction that makes the tick's execution: however many
+    services share the database, one of them takes each tick, and a crash loses none.
+    """
+
+    id = fields.IntField(primary_key=True)
+    workflow: fields.ForeignKeyRelation[Workflow] = fields.ForeignKeyField(
+        "models.Workflow", related_name="schedules", on_delete=fields.CASCADE
+    )
+    workflow_id: int
+    # Exactly one of the two is set.
+    cron = fields.CharField(max_length=120, null=True)
+    interval_seconds = fields.IntField(null=True)
+    timezone = fields.CharField(max_length=64, default="UTC")
+    input = JSONTextField(null=True)
+    enabled = fields.BooleanField(default=True)
+    next_run_at = fields.DatetimeField()
+    last_run_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "schedules"
+        # The scheduler's look: enabled schedules by their next tick.
+        indexes = (("enabled", "next_run_at"),)

@@ -299,6 +299,46 @@ def test_triggers_from_the_cli(server: LiveServer) -> None:
     assert again.stdout.strip() == "Error: API Error (NOT_FOUND): Trigger not found"
 
 
+def test_schedules_from_the_cli(server: LiveServer) -> None:
+    workflow = json.loads(run_cli(server.url, "create", "nightly-report").stdout)
+    made = run_cli(
+        server.url,
+        "schedule",
+        "add",
+        str(workflow["id"]),
+        "--cron",
+        "0 9 * * 1-5",
+        "--timezone",
+        "Europe/Berlin",
+        "--input",
+        '{"report": "sales"}',
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert made.stdout.startswith("Created schedule ")
+    schedule_id = made.stdout.split()[2]
+    listed = json.loads(run_cli(server.url, "schedule", "list", str(workflow["id"])).stdout)
+    assert [(row["id"], row["cron"], row["timezone"]) for row in listed] == [
+        (schedule_id, "0 9 * * 1-5", "Europe/Berlin")
+    ]
+    assert listed[0]["input"] == {"report": "sales"}
+    assert listed[0]["nextRunAt"] in made.stdout
+
+    both = run_cli(
+        server.url, "schedule", "add", str(workflow["id"]), "--cron", "* * * * *", "--every", "5"
+    )
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr
+    bad = run_cli(server.url, "schedule", "add", str(workflow["id"]), "--cron", "0 25 * * *")
+    assert bad.returncode == 1
+    assert "not a valid cron expression" in bad.stdout
+
+    removed = run_cli(server.url, "schedule", "rm", schedule_id)
+    assert removed.stdout.strip() == f"Deleted schedule {schedule_id}"
+    again = run_cli(server.url, "schedule", "rm", schedule_id)
+    assert again.returncode == 1
+    assert again.stdout.strip() == "Error: API Error (NOT_FOUND): Schedule not found"
+
+
 def test_serve_on_loopback_answers_loopback_names_only(server: LiveServer) -> None:
     """`workflow serve` on 127.0.0.1 without WORKFLOW_ALLOWED_HOSTS: a page that rebinds its own
     name to 127.0.0.1 reaches the port, and is refused for the name it sends."""
