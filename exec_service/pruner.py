@@ -10,6 +10,11 @@ from models.retention import cutoff, prune
 
 log = logging.getLogger(__name__)
 
+# Between batches the pruner rests this many times as long as the batch took: a backlog of a
+# million executions is cleared more slowly, and running work keeps its latency (the p99 of a
+# one-task execution at most 2x while pruning, benchmarks/bench_prune.py).
+PRUNE_REST = 1.0
+
 
 class Pruner:
     def __init__(self, retention_seconds: float, every_seconds: float) -> None:
@@ -28,7 +33,7 @@ class Pruner:
     async def _loop(self) -> None:
         while True:
             try:
-                deleted = await prune(cutoff(self.retention_seconds))
+                deleted = await prune(cutoff(self.retention_seconds), rest=PRUNE_REST)
                 if deleted:
                     log.info("pruned %d ended executions", deleted)
             except asyncio.CancelledError:

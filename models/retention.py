@@ -8,7 +8,9 @@ execution services may prune at once; deleting what another just deleted deletes
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from datetime import datetime, timedelta
 
 from tortoise.transactions import in_transaction
@@ -51,10 +53,14 @@ async def delete_execution(execution_id: int) -> None:
         await Execution.filter(id=execution_id).using_db(connection).delete()
 
 
-async def prune(older_than: datetime, batch: int = PRUNE_BATCH) -> int:
-    """Delete executions that ended before `older_than`, in batches; how many were deleted."""
+async def prune(older_than: datetime, batch: int = PRUNE_BATCH, rest: float = 0.0) -> int:
+    """Delete executions that ended before `older_than`, in batches; how many were deleted.
+
+    After each batch, it rests `rest` times as long as the batch took, leaving the database to
+    running work in between (benchmarks/bench_prune.py measures what pruning costs it)."""
     deleted = 0
     while True:
+        began = time.perf_counter()
         rows = (
             await Execution.filter(status__in=list(EXECUTION_TERMINAL), completed_at__lt=older_than)
             .order_by("id")
@@ -74,6 +80,8 @@ async def prune(older_than: datetime, batch: int = PRUNE_BATCH) -> int:
             )
         if len(ids) < batch:
             return deleted
+        if rest:
+            await asyncio.sleep((time.perf_counter() - began) * rest)
 
 
 def cutoff(retention_seconds: float) -> datetime:
