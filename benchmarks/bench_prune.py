@@ -1,13 +1,13 @@
 """Retention figures: how fast the pruner deletes, and what it costs running work.
 
-    .venv/bin/python benchmarks/bench_prune.py [--executions 1000000] [--runs 300]
+    .venv/bin/python benchmarks/bench_prune.py [--executions 1000000] [--calm-seconds 30]
 
 On a fresh PostgreSQL database (dropped at the end) and Redis namespace:
 1. `workflow serve` (asyncio executor) makes the schema and a workflow of 10 tasks; this script
    then fills the database with `--executions` ended executions of it (10 task runs each),
    completed 30 days ago, by INSERT ... SELECT, and runs VACUUM ANALYZE.
 2. Without pruning: p50 and p99 from ExecuteWorkflow to `completed` for a one-task workflow
-   (`--runs` runs, one at a time, watched through WatchExecution).
+   (one run after another for `--calm-seconds`, each watched through WatchExecution).
 3. The server is restarted with WORKFLOW_RETENTION=1d, so its pruner starts deleting at once.
    While it does, the same latency is measured, one run after another, until the pruner is
    done; the p99 of the runs that ended during pruning is set beside (2). Pruning throughput
@@ -89,12 +89,18 @@ async def fill(database_url: str, workflow_id: int, executions: int) -> None:
         await connection.close()
 
 
-async def latencies(target: str, workflow_id: int, runs: int) -> list[float]:
+async def latencies(target: str, workflow_id: int, seconds: float) -> list[float]:
+    """One run after another for `seconds` (long enough to take in what a server does every
+    few seconds anyway: lease rounds, autovacuum of its own new rows)."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.WorkflowExecutionStub(channel)
         for _ in range(10):
             await run_once(stub, workflow_id)  # warm-up
-        return [await run_once(stub, workflow_id) for _ in range(runs)]
+        measured: list[float] = []
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            measured.append(await run_once(stub, workflow_id))
+        return measured
 
 
 async def lowest_id(connection: asyncpg.Connection) -> int | None:
@@ -166,7 +172,7 @@ async def main(args: argparse.Namespace) -> None:
             first_id = await lowest_id(connection)
             await connection.close()
             assert first_id is not None
-            calm = await latencies(target, one, args.runs)
+            calm = await latencies(target, one, args.calm_seconds)
         pruning_env = {**env, "WORKFLOW_RETENTION": "1d", "WORKFLOW_PRUNE_EVERY": "1h"}
         with service(pruning_env, log, "asyncio", 1) as (url, target, _):
             busy, seconds, deleted = await while_pruning(
@@ -190,7 +196,12 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--executions", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=300, help="latency runs per measurement")
+    parser.add_argument(
+        "--calm-seconds",
+        type=float,
+        default=30.0,
+        help="how long latency is measured without pruning",
+    )
     return parser.parse_args(argv)
 
 

@@ -19,6 +19,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from exec_service.redis_client import redis_client
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,8 @@ class RedisBus:
         # ...and how many of its subscribe commands Redis has yet to confirm.
         self._unconfirmed: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+        # One warning per Redis outage, however many publishes and subscribes fail in it.
+        self.outage = Outage(log, "Redis (event bus)")
 
     def _key(self, channel: str) -> str:
         return self._prefix + REDIS_CHANNEL.format(channel=channel)
@@ -210,7 +213,7 @@ class RedisBus:
                 await self._pubsub.subscribe(self._key(channel))
             except (RedisError, OSError) as exc:
                 self._withdraw(channel, waiter)
-                log.warning("could not subscribe to %s (%s); its watchers re-read", channel, exc)
+                self.outage.failed(exc, "watchers re-read the database instead")
                 return
         try:
             await asyncio.wait_for(asyncio.shield(waiter), CONFIRM_SECONDS)
@@ -249,8 +252,7 @@ class RedisBus:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
-                if not lost:
-                    log.warning("event bus lost Redis (%s); watchers will re-read", exc)
+                self.outage.failed(exc, "watchers re-read the database instead")
                 lost = True
                 self._fanout.resync_all()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
@@ -314,7 +316,7 @@ class RedisBus:
             self._outbox.put_nowait((channel, payload))
         except asyncio.QueueFull:
             # The change is committed; watchers re-read on their own schedule.
-            log.warning("event outbox full (Redis stalled?): dropping an announcement")
+            self.outage.failed(RuntimeError("outbox full"), "announcements are dropped")
 
     async def _publish_loop(self) -> None:
         while True:
@@ -330,7 +332,10 @@ class RedisBus:
                     pipe.publish(self._key(channel), payload)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            log.warning("publishing %d announcements failed: %s", len(batch), exc)
+            # The changes are committed; watchers elsewhere re-read on their own schedule.
+            self.outage.failed(exc, "announcements to other processes are dropped")
+        else:
+            self.outage.answered()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 # Between batches the pruner rests this many times as long as the batch took: a backlog of a
 # million executions is cleared more slowly, and running work keeps its latency (the p99 of a
 # one-task execution at most 2x while pruning, benchmarks/bench_prune.py).
-PRUNE_REST = 1.0
+PRUNE_REST = 2.0
 
 
 class Pruner:

@@ -47,7 +47,12 @@ from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import RedisQueue
 from saq.utils import now
 
+from models.outages import Outage
+
 log = logging.getLogger(__name__)
+
+# How long a job slot waits before asking Redis again, while it does not answer.
+DEQUEUE_PAUSE_SECONDS = 0.5
 # Set in a worker's job slot (TaskWorker.process): the one place that asks for a job again as
 # soon as it has finished one, so the only place where taking the next job ahead pays.
 IN_JOB_SLOT: contextvars.ContextVar[bool] = contextvars.ContextVar("in_job_slot", default=False)
@@ -253,6 +258,8 @@ class TaskQueue(RedisQueue):
         self._unclaimed: dict[bytes, tuple[tuple[int, int], float]] = {}
         # Jobs this process's worker runs, by id.
         self._claims: dict[str, _Claim] = {}
+        # One warning per Redis outage, however many job slots fail to take a job in it.
+        self.outage = Outage(log, "Redis (SAQ workers)")
         # Whether jobs were left waiting when this process last took one.
         self._backlog = True
         self._enqueue_many = self.redis.register_script(_ENQUEUE_MANY)
@@ -351,6 +358,23 @@ class TaskQueue(RedisQueue):
         self,
         timeout: float = 0.0,  # noqa: ASYNC109 - SAQ's signature
         poll_interval: float = 0.0,
+    ) -> Job | None:
+        """The next job, or None; with Redis away, None after a pause. SAQ's worker takes a
+        failed dequeue for an empty one and asks again at once: without the pause, every job
+        slot would spin on a refused connection until Redis is back."""
+        try:
+            job = await self._dequeue(timeout, poll_interval)
+        except (RedisError, OSError) as exc:
+            self.outage.failed(exc, "workers wait for it")
+            await asyncio.sleep(DEQUEUE_PAUSE_SECONDS)
+            return None
+        self.outage.answered()
+        return job
+
+    async def _dequeue(
+        self,
+        timeout: float,  # noqa: ASYNC109 - SAQ's
+        poll_interval: float,
     ) -> Job | None:
         """SAQ's, in one round trip while jobs are waiting (SAQ's takes two, always).
 

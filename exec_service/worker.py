@@ -15,6 +15,7 @@ import logging
 import signal
 from typing import Any
 
+from redis.exceptions import RedisError
 from saq import Job, Worker
 from saq.types import Context, PartialTimersDict
 
@@ -108,7 +109,14 @@ class TaskWorker(Worker[Context]):
 
     async def process(self) -> bool:
         IN_JOB_SLOT.set(True)  # this slot's task only: each runs in a context of its own
-        return await super().process()
+        try:
+            return await super().process()
+        except (RedisError, OSError) as exc:
+            # Redis went away as a job ended: its end could not be stored (SAQ's sweep, or the
+            # engine's wait, runs it again). Counted in the outage, not raised into a task
+            # nobody awaits.
+            self.tasks_queue.outage.failed(exc, "job ends cannot be stored")
+            return False
 
     async def stop(self) -> None:
         self.tasks_queue.worker_stopping = True
@@ -122,7 +130,22 @@ class EmbeddedWorker(TaskWorker):
     SIGNALS: list[signal.Signals] = []
 
 
+class _QuietDuringOutages(logging.Filter):
+    """Drops SAQ's "Error processing job" records whose cause is Redis being away: one per
+    job during an outage, each with its traceback. The queue's outage warns once instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, RedisError | OSError)
+
+
+_QUIET = _QuietDuringOutages()
+
+
 def make_worker(queue: TaskQueue, concurrency: int, embedded: bool = False) -> Worker[Context]:
+    saq_log = logging.getLogger("saq")
+    if _QUIET not in saq_log.filters:
+        saq_log.addFilter(_QUIET)
     kind = EmbeddedWorker if embedded else TaskWorker
     return kind(
         queue,

@@ -1,4 +1,9 @@
-"""`/healthz` (ready when the database and the cache answer) and `/metrics` (Prometheus text)."""
+"""`/healthz` and `/metrics` (Prometheus text).
+
+`/healthz` (no role needed) answers 200 `ok` when the database and the cache answer; 200
+`degraded` when only the cache (Redis) is down and nothing in this process needs it to work
+(reads go to the database meanwhile); 503 `unavailable` when the database is down, or Redis is
+down and this process's executor is SAQ, whose queue is in Redis."""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from graphql_api.auth import needs
 from models.access import Role
 from models.cache import current_cache
 from models.db import ping_database
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -21,28 +27,47 @@ router = APIRouter(include_in_schema=False)
 CHECK_TIMEOUT_SECONDS = 2.0
 
 
+# One warning per outage of each, however often a load balancer asks.
+_OUTAGES = {
+    "database": Outage(log, "the database (health check)"),
+    "cache": Outage(log, "the cache (health check)"),
+}
+
+
 async def _check(name: str, probe: Awaitable[None]) -> str:
     try:
         await asyncio.wait_for(probe, CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
-        log.warning("health check of %s failed: %s", name, exc)
+        _OUTAGES[name].failed(exc)
         return "unavailable"
+    _OUTAGES[name].answered()
     return "ok"
 
 
+def _needs_redis(request: Request) -> bool:
+    """Whether this process cannot run tasks without Redis: its embedded executor is SAQ."""
+    service = getattr(request.app.state, "exec_service", None)
+    return service is not None and service.executor_name == "saq"
+
+
 @router.get("/healthz")
-async def healthz() -> JSONResponse:
+async def healthz(request: Request) -> JSONResponse:
     cache = current_cache()
     database = await _check("database", ping_database())
     cache_state = await _check("cache", cache.ping())
-    healthy = database == "ok" and cache_state == "ok"
+    if database == "ok" and cache_state == "ok":
+        status = "ok"
+    elif database == "ok" and not _needs_redis(request):
+        status = "degraded"
+    else:
+        status = "unavailable"
     body = {
-        "status": "ok" if healthy else "unavailable",
+        "status": status,
         "database": database,
         "cache": cache_state,
         "cache_backend": cache.backend_name,
     }
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
 
 @router.get("/metrics", dependencies=[needs(Role.VIEWER)])

@@ -28,6 +28,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from models.outages import Outage
+
 log = logging.getLogger(__name__)
 
 # Redis key layout, below the configured prefix:
@@ -38,8 +40,6 @@ RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 2.0
 # In-process cache bound, so that listing every page of a large table can't grow memory.
 MEMORY_MAX_ENTRIES = 10_000
-# At most one "Redis is down" warning per this many seconds.
-WARN_INTERVAL_SECONDS = 10.0
 
 # Redis returns the group's token (creating one when absent) and the value under it, at once.
 _GET_VERSIONED = """
@@ -195,7 +195,8 @@ class Cache:
         self.errors = 0
         self._unconfirmed: set[str] = set()  # groups whose invalidation has not reached Redis
         self._retry_task: asyncio.Task[None] | None = None
-        self._last_warning = 0.0
+        # One warning per Redis outage, however many reads fail in it.
+        self.outage = Outage(log, "Redis (cache)")
 
     async def read(self, group: str, variant: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
         """The cached value of (group, variant), or `load()`'s answer, which is then cached."""
@@ -204,8 +205,9 @@ class Cache:
         try:
             token, cached = await self.backend.get_versioned(group, variant)
         except (RedisError, OSError) as exc:
-            self._warn("cache read failed, reading the database instead", exc)
+            self._failed(exc)
             return await load()
+        self.outage.answered()
         if cached is not None:
             self.hits += 1
             return cached
@@ -214,7 +216,7 @@ class Cache:
         try:
             await self.backend.set(group, token, variant, value)
         except (RedisError, OSError) as exc:
-            self._warn("cache fill failed", exc)
+            self._failed(exc)
         return value
 
     async def invalidate(self, *groups: str) -> None:
@@ -223,7 +225,8 @@ class Cache:
             await self.backend.bump(groups)
         except (RedisError, OSError) as exc:
             self.errors += 1
-            log.error("cache invalidation of %s failed (%s); retrying in background", groups, exc)
+            # Until it goes through, this process reads these groups from the database.
+            self.outage.failed(exc, "invalidations are retried in the background")
             self._unconfirmed.update(groups)
             if self._retry_task is None or self._retry_task.done():
                 self._retry_task = asyncio.create_task(self._retry_invalidations())
@@ -241,12 +244,9 @@ class Cache:
             self._unconfirmed.difference_update(groups)
             log.info("cache invalidation of %s went through", groups)
 
-    def _warn(self, message: str, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> None:
         self.errors += 1
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_INTERVAL_SECONDS:
-            self._last_warning = now
-            log.warning("%s: %s", message, exc)
+        self.outage.failed(exc, "reads go to the database")
 
     @property
     def backend_name(self) -> str:

@@ -21,7 +21,7 @@ from models.statuses import EXECUTION_TERMINAL
 from models.tables import Execution, TaskRun
 
 # Executions deleted per transaction (with their runs) by the pruner.
-PRUNE_BATCH = 500
+PRUNE_BATCH = 200
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -184,10 +184,17 @@ async def test_reads_fall_back_to_the_database_when_redis_is_down(
             updated = await client.put(f"/workflows/{workflow_id}", json={"name": "still"})
             assert updated.status_code == 200
             assert (await client.get(f"/workflows/{workflow_id}")).json()["name"] == "still"
+            for _ in range(20):
+                assert (await client.get(f"/workflows/{workflow_id}")).status_code == 200
             health = await client.get("/healthz")
-        assert health.status_code == 503
-        assert health.json()["cache"] == "unavailable"
-        assert any("reading the database instead" in r.getMessage() for r in caplog.records)
+        # This app runs tasks without Redis (asyncio executor): the cache alone is down.
+        assert health.status_code == 200
+        assert (health.json()["status"], health.json()["cache"]) == ("degraded", "unavailable")
+        # Two dozen failed reads, one warning.
+        warnings = [r.getMessage() for r in caplog.records if r.name == "models.cache"]
+        assert len(warnings) == 1, warnings
+        assert "Redis (cache) unreachable" in warnings[0]
+        assert "reads go to the database" in warnings[0]
     finally:
         set_cache(working)
         await dead.close()

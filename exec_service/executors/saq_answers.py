@@ -30,6 +30,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now as saq_now
 
 from exec_service.executors import TaskInterrupted
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class JobAnswers:
         self._confirmed = asyncio.Event()
         self._pending: list[tuple[str, asyncio.Future[Job | None]]] = []
         self._reads: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+        self.outage = Outage(log, "Redis (SAQ job answers)")
 
     async def start(self) -> None:
         # SAQ publishes a job's status on a channel named after its id; ids of this queue share
@@ -79,10 +81,11 @@ class JobAnswers:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
+                self.outage.answered()
                 if message is not None:
                     self._handle(message)
             except (RedisError, OSError) as exc:
-                log.warning("lost Redis while waiting for SAQ jobs (%s); re-reading them", exc)
+                self.outage.failed(exc, "waiting tasks re-read their jobs once it is back")
                 self._wake_all()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
             except Exception:

@@ -16,6 +16,7 @@ import math
 import secrets
 from typing import Any
 
+from redis.exceptions import RedisError
 from saq import Job, Worker
 from saq.job import Status
 from saq.types import Context
@@ -31,6 +32,7 @@ from exec_service.worker import (
     make_queue,
     make_worker,
 )
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ ABORT_SECONDS = 5.0
 # How long the abort marker of a cancelled task's job lives: longer than an enqueue may still
 # land after its caller was cancelled (TaskQueue's ENQUEUE_SECONDS), so that one is refused.
 ABORT_MARKER_SECONDS = 60
+# While Redis is away, an enqueue is tried again after this long, doubling up to the cap.
+ENQUEUE_RETRY_FIRST_SECONDS = 0.1
+ENQUEUE_RETRY_MAX_SECONDS = 2.0
 
 
 class SaqExecutor:
@@ -57,6 +62,8 @@ class SaqExecutor:
         # Job keys: this executor's random part, then a count.
         self._key_suffix = secrets.token_hex(4) + "."
         self._jobs = itertools.count()
+        # One warning per Redis outage, however many enqueues wait in it.
+        self.outage = Outage(log, "Redis (SAQ queue)")
 
     async def start(self) -> None:
         await self.queue.connect()
@@ -82,7 +89,7 @@ class SaqExecutor:
         )
         with self._answers.expect(job) as ended:
             try:
-                await self.queue.enqueue(job)
+                await self._enqueue(job)
                 job = await self._answers.wait(job, ended)
             except asyncio.CancelledError:
                 # Also while it is being enqueued: an abort first leaves a marker that makes
@@ -107,6 +114,26 @@ class SaqExecutor:
             # which is what an output that is not JSON does.
             raise ActionError(f"the worker could not hand the answer back: {job.error}")
         raise TaskInterrupted(f"SAQ gave the job up: {job.error}")
+
+    async def _enqueue(self, job: Job) -> None:
+        """Enqueue the job, however long Redis is away: a queue that cannot be reached is the
+        platform's failure, not the task's, so it costs neither an attempt nor an
+        interruption (the task's timeout still bounds the wait). A call that failed may have
+        landed all the same (the answer was lost): the job's record says so, and then it is
+        not enqueued twice. The same job, under the same key, goes each time."""
+        delay = ENQUEUE_RETRY_FIRST_SECONDS
+        tried = False
+        while True:
+            try:
+                if not tried or not await self.queue.redis.exists(job.id):
+                    tried = True
+                    await self.queue.enqueue(job)
+                self.outage.answered()
+                return
+            except (RedisError, OSError) as exc:
+                self.outage.failed(exc, "tasks wait to be enqueued until it is back")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, ENQUEUE_RETRY_MAX_SECONDS)
 
     async def close(self) -> None:
         if self._worker is not None:
