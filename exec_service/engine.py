@@ -32,8 +32,10 @@ from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channe
 from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
+from models.db_unavailable import database_unavailable
 from models.executions import RunChange, now
 from models.inputs import DEFAULT_TASK_TIMEOUT_SECONDS
+from models.outages import Outage
 from models.stages import stages as grouped
 from models.statuses import (
     CANCELLED,
@@ -53,6 +55,10 @@ log = logging.getLogger(__name__)
 
 # An action's output is stored with its run and sent to every watcher: keep it bounded.
 MAX_OUTPUT_BYTES = 1024 * 1024
+# While the database does not answer, a state change is tried again after this long,
+# doubling up to the cap.
+DATABASE_RETRY_FIRST_SECONDS = 0.1
+DATABASE_RETRY_MAX_SECONDS = 2.0
 # Claims per lease round: a process that comes back to a backlog takes it over in steps.
 CLAIM_BATCH = 100
 
@@ -308,9 +314,7 @@ class Runner:
         task: TaskRun | None,
     ) -> None:
         async with self._write_lock:
-            version = await store.apply_change(
-                self.execution.id, self.engine.owner, changes, execution
-            )
+            version = await self._apply(changes, execution)
             if version is None:
                 raise Fenced(self.execution.id)
             for change in changes:
@@ -331,6 +335,29 @@ class Runner:
             }
             payload = orjson.dumps(event)
         await self.engine.bus.publish(execution_channel(self.execution.id), payload, event)
+
+    async def _apply(
+        self, changes: list[RunChange], execution: dict[str, Any] | None
+    ) -> int | None:
+        """store.apply_change, tried again while the database does not answer: the change (a
+        task's end, say) is known only here, and dropping it would run the task again. A try
+        whose answer was lost may have been written: the next try is then refused by the
+        fence, and the runner stops, as after a take-over. Given up when the engine stops."""
+        delay = DATABASE_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                version = await store.apply_change(
+                    self.execution.id, self.engine.owner, changes, execution
+                )
+            except Exception as exc:
+                if self.engine.stopping or not database_unavailable(exc):
+                    raise
+                self.engine.database_outage.failed(exc, "state changes wait for it")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DATABASE_RETRY_MAX_SECONDS)
+                continue
+            self.engine.database_outage.answered()
+            return version
 
     def snapshot(self) -> dict[str, Any]:
         """store.execution_dict as of the last commit, from the runs' dicts kept since their
@@ -361,6 +388,9 @@ class Engine:
         self._backlog = True
         self._starting: asyncio.Task[None] | None = None
         self._reserved = 0
+        self.stopping = False
+        # One warning per database outage, however many writes wait in it.
+        self.database_outage = Outage(log, "the database (engine)")
 
     async def start(self) -> None:
         self._background = [
@@ -371,6 +401,7 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop every runner without writing, and hand their executions over at once."""
+        self.stopping = True
         starting = [self._starting] if self._starting is not None else []
         for task in [*self._background, *starting, *self.runners.values()]:
             task.cancel()
@@ -566,9 +597,15 @@ class Engine:
                         self._stop_runner(execution_id)  # ended, or no longer ours
                 for execution_id in owned - set(self.runners):
                     self.spawn(execution_id)  # ours, but its runner died: resume it
-                claimed = await store.claim_expired(
-                    self.owner, self.config.lease_seconds, CLAIM_BATCH
-                )
+                self.database_outage.answered()
+                # After a database outage, every owner's leases may have lapsed meanwhile: for
+                # one lease period, their owners renew them (above, in their own rounds) before
+                # anyone takes them over, and a task still running there does not run twice.
+                claimed = []
+                if not self.database_outage.failed_within(self.config.lease_seconds):
+                    claimed = await store.claim_expired(
+                        self.owner, self.config.lease_seconds, CLAIM_BATCH
+                    )
                 for execution_id in claimed:
                     log.info("took over execution %s", execution_id)
                     self.spawn(execution_id)
@@ -577,8 +614,11 @@ class Engine:
                 self.start_pending()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("lease round failed; trying again")
+            except Exception as exc:
+                if database_unavailable(exc):
+                    self.database_outage.failed(exc, "leases are renewed once it is back")
+                else:
+                    log.exception("lease round failed; trying again")
             await asyncio.sleep(interval)
 
     async def _control_loop(self) -> None:

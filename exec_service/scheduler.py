@@ -13,7 +13,9 @@ import logging
 
 from exec_service.engine import Engine
 from models import schedules
+from models.db_unavailable import database_unavailable
 from models.executions import now
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ class Scheduler:
         self.engine = engine
         self.poll_seconds = poll_seconds
         self._task: asyncio.Task[None] | None = None
+        self.outage = Outage(log, "the database (scheduler)")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="schedule-ticks")
@@ -62,10 +65,14 @@ class Scheduler:
             try:
                 await self.run_due()
                 earliest = await schedules.earliest_tick()
+                self.outage.answered()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("taking schedule ticks failed; trying again")
+            except Exception as exc:
+                if database_unavailable(exc):
+                    self.outage.failed(exc, "schedule ticks wait for it")
+                else:
+                    log.exception("taking schedule ticks failed; trying again")
                 earliest = None
             wait = self.poll_seconds
             if earliest is not None:

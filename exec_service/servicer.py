@@ -20,6 +20,7 @@ from exec_service.engine import Engine
 from exec_service.watch import watch
 from models import executions as store
 from models.access import Authenticator, Principal, Role
+from models.db_unavailable import UNAVAILABLE_MESSAGE, database_unavailable
 from models.errors import Invalid, WorkflowError
 from models.inputs import execution_input, idempotency_key
 from protos import execution_pb2 as pb
@@ -116,7 +117,10 @@ async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
         return await call
     except WorkflowError as exc:
         await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
-    except Exception:
+    except Exception as exc:
+        if database_unavailable(exc):
+            # Clients retry UNAVAILABLE (grpc's own retry policies do).
+            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
         log.exception("unexpected error in a gRPC call")
         await context.abort(grpc.StatusCode.INTERNAL, "internal error")
     raise AssertionError("abort() raises")  # pragma: no cover
@@ -201,6 +205,9 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
                 yield status_response(update.execution, entries)
         except WorkflowError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
-        except Exception:
+        except Exception as exc:
+            if database_unavailable(exc):
+                # Before the first state was read: the client watches again (UNAVAILABLE).
+                await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
             log.exception("unexpected error in WatchExecution")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")

@@ -19,6 +19,7 @@ import orjson
 
 from exec_service.bus import RESYNC, EventBus, Payload, Subscription, execution_channel
 from models import executions as store
+from models.db_unavailable import database_unavailable
 
 # How long a watcher trusts a quiet bus before it re-reads the database.
 QUIET_RESYNC_SECONDS = 2.0
@@ -76,7 +77,14 @@ async def watch(
         while not store.is_terminal(current["status"]):
             payload = await subscription.get(within=quiet_seconds)
             if payload is None or payload == RESYNC:
-                fresh = await store.get_execution(execution_id)
+                try:
+                    fresh = await store.get_execution(execution_id)
+                except Exception as exc:
+                    if not database_unavailable(exc):
+                        raise
+                    # The database is away for a moment: the stream waits and reads again,
+                    # rather than end (announcements still arrive meanwhile).
+                    continue
                 if fresh["version"] <= current["version"]:
                     continue
                 if payload is None:  # quiet, not overflowed: the news may be on its way

@@ -26,6 +26,7 @@ from exec_service.server import ExecutionService, ServerTls
 from graphql_api import health, hooks, rest
 from graphql_api.auth import AuthenticatedTransportWS, Authentication
 from graphql_api.body_limit import BodySizeLimit
+from graphql_api.database_unavailable import DatabaseUnavailable
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
@@ -37,7 +38,8 @@ from models import api_keys
 from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
-from models.errors import Invalid, WorkflowError
+from models.db_unavailable import RETRY_AFTER_SECONDS
+from models.errors import Invalid, Unavailable, WorkflowError
 from models.settings import Settings
 from models.startup import is_loopback
 
@@ -233,7 +235,10 @@ def create_app(
     async def workflow_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, WorkflowError)
         detail: Any = exc.errors if isinstance(exc, Invalid) else exc.message
-        return JSONResponse({"detail": detail}, status_code=exc.http_status)
+        # A dependency that did not answer: say when to try again.
+        unavailable = isinstance(exc, Unavailable)
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if unavailable else None
+        return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
     # The last added runs first: the body limit applies to the GraphQL fast path too.
     app.add_middleware(FastGraphQLReads)
@@ -242,6 +247,9 @@ def create_app(
     app.add_middleware(JsonOnly)
     # Nothing answers a caller before it is known...
     app.add_middleware(Authentication)
+    # A database that does not answer is 503, wherever it was found (the middlewares above
+    # read it too).
+    app.add_middleware(DatabaseUnavailable)
     # ...nor a request addressed to another name (added last, so it runs first).
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, host))
     return app

@@ -14,6 +14,7 @@ import grpc
 
 from exec_service.authz import ON_BEHALF_OF
 from models.access import Forbidden, NotAuthenticated
+from models.db_unavailable import UNAVAILABLE_MESSAGE
 from models.errors import Conflict, Invalid, NotFound, Unavailable, WorkflowError
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
@@ -34,6 +35,8 @@ def _translate(error: grpc.aio.AioRpcError) -> WorkflowError:
         return NotAuthenticated()
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return Forbidden()
+    if code == grpc.StatusCode.UNAVAILABLE and detail == UNAVAILABLE_MESSAGE:
+        return Unavailable(detail)  # the service answered: its database did not
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable("The execution service is not reachable")
     return WorkflowError(f"The execution service failed: {code.name}")

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graphql_api.inputs import parse_id
 from graphql_api.schema import LIMIT_RULES, MAX_TOKENS, schema
 from models import workflows as store
+from models.db_unavailable import database_unavailable
 from models.errors import NotFound, WorkflowError
 
 log = logging.getLogger(__name__)
@@ -242,9 +243,11 @@ class FastGraphQLReads:
             return None
         except orjson.JSONDecodeError:
             return None
-        except Exception:
-            # Strawberry answers it instead, masking and logging as it does.
-            log.exception("the GraphQL fast path failed; handing the request to Strawberry")
+        except Exception as exc:
+            # Strawberry answers it instead, masking and logging as it does (a database that
+            # does not answer is its to report, once per outage).
+            if not database_unavailable(exc):
+                log.exception("the GraphQL fast path failed; handing the request to Strawberry")
             return None
 
 

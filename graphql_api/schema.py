@@ -45,9 +45,11 @@ from models import api_keys, retention, triggers
 from models import executions as execution_store
 from models import workflows as store
 from models.access import Role
-from models.errors import WorkflowError
+from models.db_unavailable import UNAVAILABLE_MESSAGE, database_unavailable
+from models.errors import Unavailable, WorkflowError
 from models.inputs import execution_input
 from models.inputs import idempotency_key as idempotency_key_of
+from models.outages import Outage
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +295,38 @@ class Subscription:
             )
 
 
+_DATABASE_OUTAGE = Outage(log, "the database (GraphQL)")
+
+
 def should_mask_error(error: GraphQLError) -> bool:
-    """Mask what we did not raise on purpose; log it with its stack before it is masked."""
+    """Mask what we did not raise on purpose; log it with its stack before it is masked (a
+    database that does not answer is an outage, warned of once)."""
     original = error.original_error
     if original is None or isinstance(original, (WorkflowError, GraphQLError)):
         return False  # our own errors, and parse / validation / limit errors
-    log.error("unexpected error in GraphQL %s", error.path, exc_info=original)
+    if database_unavailable(original):
+        _DATABASE_OUTAGE.failed(original, "fields are answered SERVICE_UNAVAILABLE")
+    else:
+        log.error("unexpected error in GraphQL %s", error.path, exc_info=original)
     return True
+
+
+class MaskUnexpectedErrors(MaskErrors):
+    """Strawberry's masking, except that a database that does not answer is said so (code
+    SERVICE_UNAVAILABLE: the client may try again), not "Unexpected error."."""
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        if error.original_error is not None and database_unavailable(error.original_error):
+            return GraphQLError(
+                message=UNAVAILABLE_MESSAGE,
+                nodes=error.nodes,
+                source=error.source,
+                positions=error.positions,
+                path=error.path,
+                original_error=None,
+                extensions={"code": Unavailable.graphql_code},
+            )
+        return super().anonymise_error(error)
 
 
 class Schema(strawberry.Schema):
@@ -320,7 +347,7 @@ schema = Schema(
         # ones each time), so that ValidationCache, keyed by the rules too, can hit.
         lambda: AddValidationRules(LIMIT_RULES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        lambda: MaskErrors(should_mask_error=should_mask_error),
+        lambda: MaskUnexpectedErrors(should_mask_error=should_mask_error),
         # Parsing and validating a document cost more than running it: clients send the same
         # few documents again and again, so both are cached by document text.
         lambda: ParserCache(maxsize=DOCUMENT_CACHE_SIZE),

@@ -11,6 +11,7 @@ from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.context import TortoiseContext
 from tortoise.migrations.api import migrate
 
+from models.db_unavailable import quiet_pool_during_outages
 from models.settings import DEFAULT_DATABASE_URL
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ _context: TortoiseContext | None = None
 async def start_database(database_url: str) -> None:
     """Apply pending migrations, then open the connections every request shares."""
     global _context
+    quiet_pool_during_outages()
     config = tortoise_config(database_url)
     await migrate(config=config)
     await Tortoise.close_connections()

@@ -19,10 +19,13 @@ class Outage:
         self.failures = 0
         # Outages seen since start, for the operator (and tests).
         self.count = 0
+        # When a call last failed (time.monotonic()), or None.
+        self.last_failure: float | None = None
 
     def failed(self, exc: BaseException, consequence: str = "") -> None:
         """A call failed: warn if this starts an outage, else only count it."""
         self.failures += 1
+        self.last_failure = time.monotonic()
         if self.down_since is None:
             self.down_since = time.monotonic()
             self.count += 1
@@ -32,6 +35,10 @@ class Outage:
                 exc,
                 f": {consequence}" if consequence else "",
             )
+
+    def failed_within(self, seconds: float) -> bool:
+        """Whether a call failed in the last `seconds`."""
+        return self.last_failure is not None and time.monotonic() - self.last_failure < seconds
 
     def answered(self) -> None:
         """A call went through: end the outage, if there was one (a check on the hot path

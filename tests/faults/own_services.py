@@ -3,6 +3,8 @@ again (on the same port, so that clients reconnect to it)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -76,4 +78,64 @@ def own_redis() -> Iterator[OwnRedis]:
         yield server
     finally:
         server.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class OwnPostgres:
+    """A PostgreSQL cluster of a test's own (`initdb` into a temporary folder, as the
+    unprivileged `postgres` user when the tests run as root), stopped and started with
+    `pg_ctl` on its own port."""
+
+    def __init__(self, port: int, folder: Path) -> None:
+        self.port = port
+        self.folder = folder
+        self.data = folder / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        binary = shutil.which(command[0])
+        if binary is None:
+            raise RuntimeError(f"{command[0]} is not installed (Debian package postgresql)")
+        # PostgreSQL refuses to run as root.
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, binary, *command[1:]], check=True, capture_output=True, timeout=60)
+
+    def create(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.folder / "server.log"),
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        """As `pg_ctl stop -m fast`: sessions are ended, the server goes down."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@contextmanager
+def own_postgres() -> Iterator[OwnPostgres]:
+    folder = Path(tempfile.mkdtemp(prefix="own-postgres-"))
+    server = OwnPostgres(free_port(), folder)
+    server.create()
+    server.start()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.stop()
         shutil.rmtree(folder, ignore_errors=True)

@@ -22,6 +22,9 @@ from tests.faults.own_services import own_redis
 from tests.live_server import cli_process, environment, free_port, wait_http_healthy
 
 TERMINAL = {"completed", "failed", "cancelled"}
+# Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: else a
+# request sent as the server closes its connection fails with ReadError, a race of the client.
+KEEPALIVE = httpx.Limits(keepalive_expiry=2)
 LANES = 8
 
 
@@ -63,7 +66,7 @@ async def test_executions_ride_out_a_redis_outage(executor: str, health: tuple[i
         with cli_process(arguments, env) as server:
             url = f"http://127.0.0.1:{port}"
             await asyncio.to_thread(wait_http_healthy, server, url)
-            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            async with httpx.AsyncClient(base_url=url, timeout=30, limits=KEEPALIVE) as http:
                 tasks = [
                     {"name": f"t{n}", "order": n, "parameters": {"duration": 0.1}} for n in range(3)
                 ]
