@@ -68,11 +68,28 @@ class EngineConfig:
     lease_seconds: float = 10.0
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 30.0
-    # A task whose attempts were cut short this many times (its process died each time) fails.
-    max_interruptions: int = 3
+    # A task whose attempt was cut short (its process died, its queue lost it) runs again
+    # after a pause that doubles from the first to the cap; it fails once those pauses would
+    # pass the budget (about 64 interruptions for an hour: a process that keeps dying is
+    # given time to be mended, without spinning).
+    interruption_first_seconds: float = 1.0
+    interruption_max_seconds: float = 60.0
+    interruption_budget_seconds: float = 3600.0
     # Executions this engine runs at once; more are accepted as `pending` and start, oldest
     # first, as others end (here or on any engine sharing the database).
     max_running: int = 1000
+
+
+def interruption_pause(config: EngineConfig, interruptions: int) -> float:
+    """The pause before a task runs again after its `interruptions`-th interruption."""
+    exponent = min(interruptions - 1, 32)
+    pause: float = config.interruption_first_seconds * 2.0**exponent
+    return min(pause, config.interruption_max_seconds)
+
+
+def interruption_wait(config: EngineConfig, interruptions: int) -> float:
+    """The pauses a task has waited out after this many interruptions."""
+    return sum(interruption_pause(config, n) for n in range(1, interruptions + 1))
 
 
 class TaskFailed(Exception):
@@ -188,13 +205,28 @@ class Runner:
                     rendered = parameters = render_parameters(parameters, context)
             except TemplateFailed as exc:
                 raise TaskFailed(run, exc.message) from None  # the same on every attempt
+        # Resumed after an interruption (a take-over): pause first, as after one here.
+        interrupted = run.interruptions > 0
         while True:
-            if run.interruptions >= config.max_interruptions:
-                raise TaskFailed(
-                    run,
-                    f"interrupted {run.interruptions} times: the process running it kept "
-                    "stopping before it finished",
+            if interrupted:
+                waited = interruption_wait(config, run.interruptions)
+                if waited > config.interruption_budget_seconds:
+                    raise TaskFailed(
+                        run,
+                        f"interrupted {run.interruptions} times: the process running it kept "
+                        "stopping before it finished (WORKFLOW_INTERRUPTION_BUDGET)",
+                    )
+                pause = interruption_pause(config, run.interruptions)
+                log.warning(
+                    "task %s of execution %s was interrupted (%d so far); it runs again in %g s",
+                    run.task_id,
+                    self.execution.id,
+                    run.interruptions,
+                    pause,
+                    extra={"execution_id": self.execution.id, "task_id": run.task_id},
                 )
+                await asyncio.sleep(pause)
+                interrupted = False
             attempt = run.attempts + 1
             await self._write(
                 [
@@ -231,6 +263,7 @@ class Runner:
                 # Not the task's fault: run it again, as after a crash of this process.
                 values = {"interruptions": run.interruptions + 1, "error": str(exc)}
                 await self._write([RunChange(run.id, (RUNNING,), values)], task=run)
+                interrupted = True
                 continue
             except PermanentActionError as exc:
                 raise TaskFailed(run, describe(exc)) from None  # another attempt cannot help

@@ -102,6 +102,7 @@ class ExecutionService:
                 lease_seconds=settings.lease_seconds,
                 retry_base_seconds=settings.retry_base_seconds,
                 max_running=settings.max_running,
+                interruption_budget_seconds=settings.interruption_budget_seconds,
             ),
         )
         await self.engine.start()

@@ -87,6 +87,9 @@ class Settings:
     # kept for ever), checked every WORKFLOW_PRUNE_EVERY seconds by the execution service.
     retention_seconds: float | None = None
     prune_every_seconds: float = 60.0
+    # WORKFLOW_INTERRUPTION_BUDGET: how long a task may spend waiting out interruptions (its
+    # process died, its queue lost it) before it fails.
+    interruption_budget_seconds: float = 3600.0
     # WORKFLOW_ALLOWED_HOSTS: the Host headers the HTTP API answers (Starlette's
     # TrustedHostMiddleware patterns: `*`, `*.example.com`). None: chosen by the address the API
     # listens on (graphql_api.app.allowed_hosts).
@@ -110,6 +113,9 @@ class Settings:
             max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
             retention_seconds=_duration("WORKFLOW_RETENTION", None),
             prune_every_seconds=_duration("WORKFLOW_PRUNE_EVERY", 60.0) or 60.0,
+            interruption_budget_seconds=(
+                _duration("WORKFLOW_INTERRUPTION_BUDGET", 3600.0) or 3600.0
+            ),
             allowed_hosts=host_patterns(os.environ.get("WORKFLOW_ALLOWED_HOSTS") or ""),
         )
 
