@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import tomllib
+from collections.abc import Iterator, Mapping
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,11 +29,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
         yield running
 
 
-def run_cli(url: str, *args: str, grpc_target: str = "") -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REST_API_URL": url, "GRPC_API_URL": grpc_target}
+def run_cli(
+    url: str, *args: str, grpc_target: str = "", env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "REST_API_URL": url, "GRPC_API_URL": grpc_target, **(env or {})}
     return subprocess.run(
         [sys.executable, str(REPO / "cli.py"), *args],
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=60,
@@ -146,10 +154,13 @@ def test_no_command_prints_help() -> None:
         assert command in result.stdout
 
 
+def workflow_script() -> Path:
+    return Path(sys.executable).parent / "workflow"
+
+
 def test_the_workflow_console_script_is_installed() -> None:
-    script = Path(sys.executable).parent / "workflow"
     result = subprocess.run(
-        [str(script), "--help"], capture_output=True, text=True, timeout=60, check=False
+        [str(workflow_script()), "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0
     assert "add-task" in result.stdout
@@ -358,3 +369,322 @@ def test_serve_on_loopback_answers_loopback_names_only(server: LiveServer) -> No
             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
         )
         assert connection.recv(64).startswith(b"HTTP/1.1 400 ")
+
+
+# --- Version, help, local mistakes, --json (issue 15, item 5) ---------------------------------
+
+
+def test_version_is_the_installed_distributions() -> None:
+    import cli
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["name"] == cli.DISTRIBUTION
+    installed = metadata.version(project["name"])
+    for command in ([sys.executable, str(REPO / "cli.py")], [str(workflow_script())]):
+        result = subprocess.run(
+            [*command, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert (result.returncode, result.stdout, result.stderr) == (
+            0,
+            f"workflow {installed}\n",
+            "",
+        )
+
+
+def test_version_falls_back_to_pyproject_when_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cli
+
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert cli.version() == project["version"]
+
+
+def parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    """Every action of the parser and of its subcommands, with the command path it is on."""
+    for action in parser._actions:
+        yield path, action
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:  # the subcommands' own help lines
+                yield f"{path} {choice.dest}", choice
+            for name, subparser in action.choices.items():
+                yield from parsers(subparser, f"{path} {name}")
+
+
+def test_every_command_and_argument_has_help() -> None:
+    import cli
+
+    missing = [
+        f"{path}: {'/'.join(action.option_strings) or action.dest}"
+        for path, action in parsers(cli.build_parser(), "workflow")
+        if not isinstance(action, argparse._HelpAction)
+        and (not action.help or action.help == argparse.SUPPRESS)
+    ]
+    assert missing == []
+
+
+# The role each command that reaches the API needs, as the README's Security section says.
+ROLES = {
+    "create": "admin",
+    "list": "viewer",
+    "get": "viewer",
+    "add-task": "admin",
+    "execute": "operator",
+    "retry": "operator",
+    "cancel": "operator",
+    "executions": "viewer",
+    "status": "viewer",
+    "watch": "viewer",
+    "trigger": "admin",
+    "schedule add": "admin",
+    "schedule list": "viewer",
+    "schedule rm": "admin",
+}
+
+
+def test_help_lines_say_the_role_a_command_needs() -> None:
+    import cli
+
+    lines = {
+        path.removeprefix("workflow "): action.help or ""
+        for path, action in parsers(cli.build_parser(), "workflow")
+        if type(action).__name__ == "_ChoicesPseudoAction"
+    }
+    for command, role in ROLES.items():
+        assert lines[command].endswith(f"({role})"), (command, lines[command])
+
+
+def test_argparse_refusals_say_error_and_name_the_argument(server: LiveServer) -> None:
+    cases = [
+        (["add-task", "1", "t", "--order", "first"], "Error: argument --order: 'first' is not a "),
+        (["add-task", "1", "t", "--order", "1", "--timeout", "soon"], "argument --timeout: 'soon'"),
+        (["status", "abc"], "Error: argument execution_id: 'abc' is not a whole number"),
+        (["list", "--limit", "5.5"], "Error: argument --limit: '5.5' is not a whole number"),
+        (["--json", "get", "x"], "Error: argument workflow_id: 'x' is not a whole number"),
+    ]
+    for args, told in cases:
+        result = run_grpc_cli(server, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert told in result.stderr, (args, result.stderr)
+        assert result.stderr.startswith("usage: workflow ")
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "told"),
+    [
+        (["add-task", "1", "t", "--order", "1", "--params", "{nope"], "--params is not valid JSON"),
+        (["add-task", "1", "t", "--order", "1", "--params", "[1]"], "--params must be a JSON obj"),
+        (["add-task", "1", "t", "--order", "1", "--params", '"x"'], "--params must be a JSON obj"),
+        (["add-task", "1", "t", "--order", "1", "--params", "[" * 100_000], "nests too deeply"),
+        (["execute", "1", "--input", "{'a': 1}"], "Error: --input is not valid JSON"),
+        (["execute", "1", "--input", "1"], "Error: --input must be a JSON object"),
+        (["schedule", "add", "1", "--every", "5", "--input", "nope"], "--input is not valid"),
+        (["schedule", "add", "1", "--every", "5", "--input", "[]"], "--input must be a JSON"),
+    ],
+)
+def test_bad_json_is_a_local_mistake(server: LiveServer, args: list[str], told: str) -> None:
+    """Told before anything is sent (the server would answer an API error, exit 1)."""
+    result = run_grpc_cli(server, *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith("Error: ")
+    assert told in result.stdout
+    assert "API Error" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    # With --json the same words go to stderr: stdout holds JSON or nothing.
+    as_json = run_grpc_cli(server, "--json", *args)
+    assert (as_json.returncode, as_json.stdout) == (2, "")
+    assert told in as_json.stderr
+
+
+def test_unreachable_servers_and_unusable_addresses() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    rest = run_cli(url, "list")
+    assert rest.returncode == 1
+    assert rest.stdout.startswith(f"Error: cannot reach {url}/workflows/: ")
+    target = f"127.0.0.1:{free_port()}"
+    grpc_call = run_cli(url, "status", "1", grpc_target=target)
+    assert grpc_call.returncode == 1
+    assert grpc_call.stdout.startswith(f"Error: cannot reach {target}: ")
+    for bad_url in ("localhost:8000", "ftp://localhost"):
+        refused = run_cli(bad_url, "list")
+        assert refused.returncode == 2
+        assert refused.stdout.startswith("Error: REST_API_URL must start with http:// or https://")
+
+
+def test_an_answer_that_is_not_json_is_not_a_traceback() -> None:
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>not the API</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    page = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=page.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{page.server_address[1]}"
+        result = run_cli(url, "list")
+    finally:
+        page.shutdown()
+        page.server_close()
+    assert result.returncode == 1
+    assert result.stdout.strip() == (
+        f"Error: {url}/workflows/ answered HTTP 200 with something that is not JSON "
+        "(text/html); is REST_API_URL the workflow API?"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_local_configuration_mistakes(tmp_path: Path) -> None:
+    worker = run_cli("http://127.0.0.1:1", "worker", env={"REDIS_URL": ""})
+    assert (worker.returncode, worker.stdout) == (
+        2,
+        "Error: workflow worker needs Redis: set REDIS_URL\n",
+    )
+    unknown = run_cli("http://127.0.0.1:1", "keys", "list", env={"DATABASE_URL": "nosuch://x"})
+    assert (unknown.returncode, unknown.stdout) == (
+        2,
+        "Error: DATABASE_URL: Unknown DB scheme: nosuch\n",
+    )
+    down = f"postgres://someone:hunter2@127.0.0.1:{free_port()}/db"
+    keys = run_cli("http://127.0.0.1:1", "keys", "list", env={"DATABASE_URL": down})
+    assert keys.returncode == 1
+    assert keys.stdout.startswith(f"Error: cannot reach {down.replace('hunter2', '***')}: ")
+    assert "hunter2" not in keys.stdout + keys.stderr
+    for args in (["keys", "list"], ["add-task", "1", "t", "--order", "1"]):
+        limits = run_cli("http://127.0.0.1:1", *args, env={"WORKFLOW_MAX_TASKS": "many"})
+        assert limits.returncode == 2, limits.stdout + limits.stderr
+        assert limits.stdout.startswith("Error: WORKFLOW_MAX_TASKS must be a whole number")
+    for key in ("two words", "line\nbreak", "ключ"):
+        for args in (["list"], ["status", "1"]):
+            sent = run_cli("http://127.0.0.1:1", *args, env={"WORKFLOW_API_KEY": key})
+            assert (sent.returncode, sent.stdout) == (
+                2,
+                "Error: WORKFLOW_API_KEY must be printable ASCII without spaces\n",
+            )
+
+
+def json_of(result: subprocess.CompletedProcess[str]) -> Any:
+    """stdout as exactly one JSON value, from a command that succeeded."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "\x1b" not in result.stdout  # no colour, no Rich
+    return json.loads(result.stdout)
+
+
+def test_json_output_of_every_command(server: LiveServer, tmp_path: Path) -> None:
+    # Commands whose default output is JSON print the same with --json.
+    created = json_of(run_cli(server.url, "create", "scripted", "--json"))
+    workflow_id = str(created["id"])
+    assert run_cli(server.url, "--json", "get", workflow_id).stdout == (
+        run_cli(server.url, "get", workflow_id).stdout
+    )
+    assert isinstance(json_of(run_cli(server.url, "list", "--json")), list)
+    added = [
+        ("first", "1", ["--action", "echo", "--params", '{"v": "{{ input.v }}"}']),
+        ("slow", "2", ["--params", '{"duration": 30}']),
+    ]
+    for name, order, extra in added:
+        task = json_of(
+            run_cli(server.url, "--json", "add-task", workflow_id, name, "--order", order, *extra)
+        )
+        assert task["name"] == name
+
+    started = json_of(run_grpc_cli(server, "--json", "execute", workflow_id, "--input", '{"v": 2}'))
+    assert started == {"execution_id": started["execution_id"], "status": "in_progress"}
+    execution_id = str(started["execution_id"])
+    wait_for(
+        lambda: (
+            json_of(run_grpc_cli(server, "status", execution_id, "--json"))["tasks"][1]["status"]
+            == "running"
+        ),
+        30,
+        "the slow task to start",
+    )
+    cancelled = json_of(run_grpc_cli(server, "cancel", "--json", execution_id))
+    assert cancelled["status"] == "cancelled"
+    # status --json is the REST `Execution` shape, as GET /executions/{id} answers it.
+    shown = json_of(run_grpc_cli(server, "--json", "status", execution_id))
+    assert shown == httpx.get(f"{server.url}/executions/{execution_id}", trust_env=False).json()
+    assert shown["output"] == {"first": {"v": 2}}
+    retried = json_of(run_grpc_cli(server, "retry", execution_id, "--json"))
+    assert retried == {
+        "execution_id": retried["execution_id"],
+        "status": "in_progress",
+        "retry_of": int(execution_id),
+    }
+    run_grpc_cli(server, "cancel", str(retried["execution_id"]))
+    runs = json_of(run_cli(server.url, "executions", workflow_id, "--json"))
+    assert [run["id"] for run in runs] == [retried["execution_id"], int(execution_id)]
+
+    # watch: one JSON object a line, even where Rich would draw a live table (FORCE_COLOR).
+    quick = json_of(run_cli(server.url, "create", "quick"))
+    run_cli(server.url, "add-task", str(quick["id"]), "step", "--order", "1")
+    quick_run = json_of(run_grpc_cli(server, "--json", "execute", str(quick["id"])))
+    watched = run_cli(
+        server.url,
+        "watch",
+        str(quick_run["execution_id"]),
+        "--json",
+        grpc_target=server.grpc_target,
+        env={"FORCE_COLOR": "1", "TERM": "xterm-256color"},
+    )
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert "\x1b" not in watched.stdout
+    updates = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert updates[-1]["status"] == "completed"
+    assert updates[-1]["tasks"][0]["name"] == "step"
+    failing = make_workflow(server, {"url": "http://127.0.0.1:1/"}, "--action", "http")
+    failed_run = json_of(run_grpc_cli(server, "execute", "--json", str(failing)))
+    watched = run_grpc_cli(server, "--json", "watch", str(failed_run["execution_id"]))
+    assert watched.returncode == 1  # as without --json
+    assert json.loads(watched.stdout.splitlines()[-1])["status"] == "failed"
+
+    trigger = json_of(run_cli(server.url, "--json", "trigger", "add", workflow_id, "ci"))
+    assert sorted(trigger) == ["id", "name", "path", "secret"]
+    assert trigger["path"] == f"/hooks/{trigger['id']}"
+    assert json_of(run_cli(server.url, "trigger", "list", "--json"))[-1]["id"] == trigger["id"]
+    removed = json_of(run_cli(server.url, "trigger", "rm", trigger["id"], "--json"))
+    assert removed == {"id": trigger["id"], "deleted": True}
+
+    schedule = json_of(
+        run_cli(
+            server.url, "schedule", "add", workflow_id, "--every", "3600", "--disabled", "--json"
+        )
+    )
+    listed = json_of(run_cli(server.url, "--json", "schedule", "list", workflow_id))
+    assert listed == [schedule]
+    removed = json_of(run_cli(server.url, "--json", "schedule", "rm", schedule["id"]))
+    assert removed == {"id": schedule["id"], "deleted": True}
+
+    # An API error with --json: stdout stays empty, the message goes to stderr.
+    missing = run_cli(server.url, "--json", "get", "2147483000")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr.strip() == "Error: API Error (404): Workflow not found"
+
+
+def test_json_output_of_the_key_commands(tmp_path: Path) -> None:
+    """On a database of their own: a key made on the server's would close it to the others."""
+    env = {"DATABASE_URL": f"sqlite://{tmp_path}/keys.sqlite3", "REDIS_URL": ""}
+    made = json_of(
+        run_cli("http://127.0.0.1:1", "keys", "create", "ci", "--role", "viewer", "--json", env=env)
+    )
+    assert (made["name"], made["role"]) == ("ci", "viewer")
+    assert made["key"].startswith(made["prefix"])
+    listed = json_of(run_cli("http://127.0.0.1:1", "--json", "keys", "list", env=env))
+    assert [row["id"] for row in listed] == [made["id"]]
+    assert made["key"] not in json.dumps(listed)
+    revoked = json_of(
+        run_cli("http://127.0.0.1:1", "keys", "revoke", str(made["id"]), "--json", env=env)
+    )
+    assert revoked == {"id": made["id"], "revoked": True}
