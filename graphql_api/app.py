@@ -14,7 +14,7 @@ from typing import Any, cast
 from cross_web import HTTPException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection
@@ -23,7 +23,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from exec_service.server import ExecutionService, ServerTls
-from graphql_api import health, hooks, rest
+from graphql_api import health, hooks, pages, rest
 from graphql_api.auth import AuthenticatedTransportWS, Authentication
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.database_unavailable import DatabaseUnavailable
@@ -52,6 +52,10 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
     `connection_init`."""
 
     graphql_transport_ws_handler_class = AuthenticatedTransportWS
+
+    async def render_graphql_ide(self, request: Any) -> HTMLResponse:
+        # GraphiQL with its assets served from here, not from a CDN (graphql_api/pages.py).
+        return pages.graphiql_page()
 
     async def execute_single(
         self,
@@ -214,10 +218,15 @@ def create_app(
         redirect_slashes=False,
         # No OpenTelemetry here; FastAPI's hooks would look for providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # /docs is graphql_api/pages.py's, from files of this package: FastAPI's own pages load
+        # theirs from a CDN (ReDoc's bundle, its logo from one too: it stays off).
+        docs_url=None,
+        redoc_url=None,
     )
     app.include_router(rest.router)
     app.include_router(health.router)
     app.include_router(hooks.router)
+    app.include_router(pages.router)
     app.include_router(
         GraphQLHTTPRouter(
             schema,

@@ -2,10 +2,10 @@
 graphql-transport-ws `connection_init` for subscriptions, and the checks that REST routes and
 GraphQL fields declare beside themselves (`needs(Role.X)`, `Needs(Role.X)`).
 
-Open without a key: `/healthz`, the webhook route (`/hooks/...`, its own secret), and the pages
+Open without a key: `/healthz`, the webhook route (`/hooks/...`, its own secret), the pages
 that describe the API rather than its data (`/docs`, `/openapi.json`, the GraphiQL page a
-browser loads from `/graphql`). Everything else, GraphQL over HTTP included, needs a key once
-one exists.
+browser loads from `/graphql`) and the files those pages load (`/_assets/...`). Everything
+else, GraphQL over HTTP included, needs a key once one exists.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from models.access import ANONYMOUS, Authenticator, NotAuthenticated, Principal,
 
 # Paths any caller may read, key or not.
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-PUBLIC_PREFIXES = ("/hooks/",)
+PUBLIC_PREFIXES = (
+    "/hooks/",
+    # The pages' JavaScript, CSS and icons (graphql_api/pages.py), role needed: none. Files of
+    # public npm packages, the same for every caller: nothing in them is a secret.
+    "/_assets/",
+)
 UNAUTHENTICATED = {"detail": "Not authenticated"}
 
 
