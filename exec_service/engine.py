@@ -358,13 +358,16 @@ class Runner:
             for name, value in (execution or {}).items():
                 setattr(self.execution, name, value)
             self.execution.version = version
+            # What changed, not the whole execution: announcing every task at every change
+            # made a sequential execution's announcements grow with the square of its tasks.
             event: ExecutionEvent = {
                 "execution_id": self.execution.id,
                 "version": version,
                 "task_id": task.task_id if task is not None else None,
                 "task_status": task.status if task is not None else None,
                 "at": iso(now()) or "",
-                "execution": self.snapshot(),
+                "execution": self._head(),
+                "changed": [self._run_dicts[change.run_id] for change in changes],
             }
             payload = orjson.dumps(event)
         await self.engine.bus.publish(execution_channel(self.execution.id), payload, event)
@@ -391,6 +394,13 @@ class Runner:
                 continue
             self.engine.database_outage.answered()
             return version
+
+    def _head(self) -> dict[str, Any]:
+        """The execution's own fields as of the last commit: the snapshot without its tasks
+        and its input (which never changes)."""
+        head = store.execution_dict(self.execution, ())
+        del head["tasks"], head["input"]
+        return head
 
     def snapshot(self) -> dict[str, Any]:
         """store.execution_dict as of the last commit, from the runs' dicts kept since their

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypedDict
+from typing import Any, NotRequired, Protocol, TypedDict
 
 
 class TaskRequest(TypedDict):
@@ -33,5 +33,9 @@ class ExecutionEvent(TypedDict):
     task_id: int | None
     task_status: str | None
     at: str
-    # The whole execution as it is at `version`: a watcher can replace what it had with it.
+    # Without `changed`: the whole execution as it is at `version` (a watcher replaces what it
+    # had with it). With `changed`: the execution's own fields (no tasks, no input, which never
+    # changes), and `changed` the task runs this change touched, as they are now: a watcher
+    # that holds `version - 1` applies it; one that missed a version reads the database.
     execution: dict[str, Any]
+    changed: NotRequired[list[dict[str, Any]]]

@@ -34,8 +34,23 @@ class Update:
     task_status: str | None = None
 
 
-def _update(event: Mapping[str, Any]) -> Update:
-    return Update(event["execution"], event.get("task_id"), event.get("task_status"))
+def _applied(current: Mapping[str, Any], event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The execution after `event`, from the watcher's `current` state: a whole execution is
+    taken as it is; a change (`changed`: the runs it touched) applies only to the version just
+    before it (None when one was missed: the caller reads the database)."""
+    changed = event.get("changed")
+    if changed is None:
+        execution: Mapping[str, Any] = event["execution"]
+        return execution
+    if event["version"] != current["version"] + 1:
+        return None
+    by_task = {run["task_id"]: run for run in changed}
+    tasks = [by_task.get(run["task_id"], run) for run in current["tasks"]]
+    return {**current, **event["execution"], "tasks": tasks}
+
+
+def _update(execution: Mapping[str, Any], event: Mapping[str, Any]) -> Update:
+    return Update(execution, event.get("task_id"), event.get("task_status"))
 
 
 def _event(payload: Payload) -> Mapping[str, Any]:
@@ -46,18 +61,35 @@ def _event(payload: Payload) -> Mapping[str, Any]:
     return payload
 
 
-async def _catch_up(subscription: Subscription, version: int, target: int) -> AsyncIterator[Update]:
-    """Announcements after `version`, up to `target`, as they arrive within the grace period."""
+async def _catch_up(
+    subscription: Subscription, current: Mapping[str, Any], target: int
+) -> AsyncIterator[Update]:
+    """Announcements after `current`, up to version `target`, as they arrive within the grace
+    period (until one cannot be applied: the caller's fresh read stands in for the rest)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CATCH_UP_SECONDS
-    while version < target:
+    while current["version"] < target:
         payload = await subscription.get(within=max(0.0, deadline - loop.time()))
         if payload is None or payload == RESYNC:
             return
         event = _event(payload)
-        if event["version"] > version:
-            version = event["version"]
-            yield _update(event)
+        if event["version"] > current["version"]:
+            applied = _applied(current, event)
+            if applied is None:
+                return
+            current = applied
+            yield _update(current, event)
+
+
+async def _read(execution_id: int) -> Mapping[str, Any] | None:
+    """The execution as the database has it; None while the database does not answer (the
+    stream waits and reads again, rather than end: announcements still arrive meanwhile)."""
+    try:
+        return await store.get_execution(execution_id)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        return None
 
 
 async def watch(
@@ -77,20 +109,11 @@ async def watch(
         while not store.is_terminal(current["status"]):
             payload = await subscription.get(within=quiet_seconds)
             if payload is None or payload == RESYNC:
-                try:
-                    fresh = await store.get_execution(execution_id)
-                except Exception as exc:
-                    if not database_unavailable(exc):
-                        raise
-                    # The database is away for a moment: the stream waits and reads again,
-                    # rather than end (announcements still arrive meanwhile).
-                    continue
-                if fresh["version"] <= current["version"]:
+                fresh = await _read(execution_id)
+                if fresh is None or fresh["version"] <= current["version"]:
                     continue
                 if payload is None:  # quiet, not overflowed: the news may be on its way
-                    async for update in _catch_up(
-                        subscription, current["version"], fresh["version"]
-                    ):
+                    async for update in _catch_up(subscription, current, fresh["version"]):
                         current = update.execution
                         yield update
                 if fresh["version"] > current["version"]:
@@ -100,5 +123,13 @@ async def watch(
             event = _event(payload)
             if event["version"] <= current["version"]:
                 continue
-            current = event["execution"]
-            yield _update(event)
+            applied = _applied(current, event)
+            if applied is not None:
+                current = applied
+                yield _update(current, event)
+                continue
+            # A change was missed (Redis dropped it): the database has them all.
+            fresh = await _read(execution_id)
+            if fresh is not None and fresh["version"] > current["version"]:
+                current = fresh
+                yield Update(current)
