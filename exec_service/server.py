@@ -19,6 +19,7 @@ from exec_service.bus import EventBus, make_bus
 from exec_service.engine import Engine, EngineConfig
 from exec_service.executors import Executor, make_executor
 from exec_service.pruner import Pruner
+from exec_service.rate_limit import StartRate
 from exec_service.scheduler import Scheduler
 from exec_service.servicer import WorkflowExecutionServicer
 from models import api_keys
@@ -112,7 +113,9 @@ class ExecutionService:
         self.scheduler = Scheduler(self.engine)
         self.scheduler.start()
 
-        servicer = WorkflowExecutionServicer(self.engine, self.bus, self.authenticator)
+        servicer = WorkflowExecutionServicer(
+            self.engine, self.bus, self.authenticator, StartRate(settings.max_starts_per_second)
+        )
         roles = method_roles(SERVICE_NAME, servicer)
         server = grpc.aio.server(interceptors=[AuthInterceptor(self.authenticator, roles)])
         execution_pb2_grpc.add_WorkflowExecutionServicer_to_server(servicer, server)

@@ -17,6 +17,7 @@ import grpc
 from exec_service.authz import ON_BEHALF_OF, caller, needs
 from exec_service.bus import EventBus
 from exec_service.engine import Engine
+from exec_service.rate_limit import StartRate
 from exec_service.watch import watch
 from models import executions as store
 from models.access import Authenticator, Principal, Role
@@ -129,10 +130,17 @@ async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
 class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
     """Each RPC declares the role it needs (`@needs`); AuthInterceptor enforces it."""
 
-    def __init__(self, engine: Engine, bus: EventBus, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        bus: EventBus,
+        authenticator: Authenticator,
+        start_rate: StartRate | None = None,
+    ) -> None:
         self.engine = engine
         self.bus = bus
         self.authenticator = authenticator
+        self.start_rate = start_rate or StartRate(0)
 
     @needs(Role.OPERATOR)
     async def ExecuteWorkflow(
@@ -146,6 +154,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
             input = _input(request.input_json)
             who = await caller(self.authenticator, context)
             triggered_by = _on_behalf_of(context, who) or who.name
+            self.start_rate.take(triggered_by)
             execution_id, created = await self.engine.execute(workflow_id, key, input, triggered_by)
             status = "in_progress"
             if not created:  # a repeated key: the first execution, as it is now
@@ -187,6 +196,7 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
         async def retry() -> pb.ExecuteWorkflowResponse:
             execution_id = _positive(request.execution_id, "execution_id")
             who = await caller(self.authenticator, context)
+            self.start_rate.take(who.name)
             new_id = await self.engine.retry(execution_id, who.name)
             return pb.ExecuteWorkflowResponse(execution_id=new_id, status="in_progress")
 

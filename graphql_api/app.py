@@ -39,7 +39,7 @@ from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
 from models.db_unavailable import RETRY_AFTER_SECONDS
-from models.errors import Invalid, Unavailable, WorkflowError
+from models.errors import Invalid, TooManyRequests, Unavailable, WorkflowError
 from models.settings import Settings
 from models.startup import is_loopback
 
@@ -245,8 +245,11 @@ def create_app(
         assert isinstance(exc, WorkflowError)
         detail: Any = exc.errors if isinstance(exc, Invalid) else exc.message
         # A dependency that did not answer: say when to try again.
-        unavailable = isinstance(exc, Unavailable)
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if unavailable else None
+        headers = None
+        if isinstance(exc, Unavailable):
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        elif isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": "1"}
         return JSONResponse({"detail": detail}, status_code=exc.http_status, headers=headers)
 
     # The last added runs first: the body limit applies to the GraphQL fast path too.

@@ -15,7 +15,14 @@ import grpc
 from exec_service.authz import ON_BEHALF_OF
 from models.access import Forbidden, NotAuthenticated
 from models.db_unavailable import UNAVAILABLE_MESSAGE
-from models.errors import Conflict, Invalid, NotFound, Unavailable, WorkflowError
+from models.errors import (
+    Conflict,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    Unavailable,
+    WorkflowError,
+)
 from protos import execution_pb2 as pb
 from protos import execution_pb2_grpc as pb_grpc
 
@@ -35,6 +42,8 @@ def _translate(error: grpc.aio.AioRpcError) -> WorkflowError:
         return NotAuthenticated()
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return Forbidden()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return TooManyRequests(detail)
     if code == grpc.StatusCode.UNAVAILABLE and detail == UNAVAILABLE_MESSAGE:
         return Unavailable(detail)  # the service answered: its database did not
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

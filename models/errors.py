@@ -73,3 +73,11 @@ class Unavailable(WorkflowError):
 
 WORKFLOW_NOT_FOUND = "Workflow not found"
 TASK_NOT_FOUND = "Task not found in this workflow"
+
+
+class TooManyRequests(WorkflowError):
+    """The caller started executions faster than its rate allows; trying again later works."""
+
+    http_status = 429
+    graphql_code = "RATE_LIMITED"
+    grpc_code = "RESOURCE_EXHAUSTED"

@@ -55,6 +55,20 @@ def _duration(variable: str, default: float | None) -> float | None:
     return parse_duration(text, variable) if text else default
 
 
+def _non_negative(variable: str, default: float) -> float:
+    """A number >= 0 from the environment. Raises ValueError naming the variable."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{variable} must be a number >= 0: {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
@@ -90,6 +104,9 @@ class Settings:
     # WORKFLOW_INTERRUPTION_BUDGET: how long a task may spend waiting out interruptions (its
     # process died, its queue lost it) before it fails.
     interruption_budget_seconds: float = 3600.0
+    # WORKFLOW_MAX_STARTS_PER_SECOND: executions one caller (an API key, a webhook trigger) may
+    # start a second on one execution service, with a burst as large; 0: unlimited.
+    max_starts_per_second: float = 1000.0
     # WORKFLOW_ALLOWED_HOSTS: the Host headers the HTTP API answers (Starlette's
     # TrustedHostMiddleware patterns: `*`, `*.example.com`). None: chosen by the address the API
     # listens on (graphql_api.app.allowed_hosts).
@@ -113,6 +130,7 @@ class Settings:
             max_running=max(1, int(os.environ.get("WORKFLOW_MAX_RUNNING") or 1000)),
             retention_seconds=_duration("WORKFLOW_RETENTION", None),
             prune_every_seconds=_duration("WORKFLOW_PRUNE_EVERY", 60.0) or 60.0,
+            max_starts_per_second=_non_negative("WORKFLOW_MAX_STARTS_PER_SECOND", 1000.0),
             interruption_budget_seconds=(
                 _duration("WORKFLOW_INTERRUPTION_BUDGET", 3600.0) or 3600.0
             ),
