@@ -432,6 +432,8 @@ class Engine:
         self._starting: asyncio.Task[None] | None = None
         self._reserved = 0
         self.stopping = False
+        # Executions running here whose workflow has a concurrency limit.
+        self._limited: set[int] = set()
         # One warning per database outage, however many writes wait in it.
         self.database_outage = Outage(log, "the database (engine)")
 
@@ -484,7 +486,7 @@ class Engine:
         finally:
             if not queued:
                 self._reserved -= 1
-        if new.created and queued:
+        if new.created and (queued or new.waiting):
             self._backlog = True
             self.start_pending()
         elif new.created and new.execution is not None:
@@ -508,7 +510,9 @@ class Engine:
                 if room <= 0:
                     return
                 claimed = await store.claim_pending(self.owner, self.config.lease_seconds, room)
-                for execution_id in claimed:
+                for execution_id, limited in claimed:
+                    if limited:
+                        self._limited.add(execution_id)
                     self.spawn(execution_id)
                     await self._announce(execution_id)
                 if len(claimed) < room:
@@ -589,7 +593,11 @@ class Engine:
             if self.runners.get(execution_id) is task:
                 del self.runners[execution_id]
                 del self._spawned_at[execution_id]
-                if self._backlog:
+                if execution_id in self._limited:
+                    # Its workflow's limit has room now: another of its executions may start.
+                    self._limited.discard(execution_id)
+                    self.start_pending()
+                elif self._backlog:
                     self.start_pending()  # its room goes to the oldest waiting execution
 
         task.add_done_callback(forget)

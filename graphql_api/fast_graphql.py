@@ -73,6 +73,7 @@ WORKFLOW_FIELDS: dict[str, Render] = {
     "description": lambda row: row["description"],
     "createdAt": lambda row: _utc(row["created_at"]),
     "updatedAt": lambda row: _utc(row["updated_at"]),
+    "maxConcurrentExecutions": lambda row: row.get("max_concurrent_executions"),
     "__typename": lambda row: "Workflow",
 }
 

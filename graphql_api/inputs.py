@@ -60,16 +60,30 @@ def task_create(task: TaskInput, argument: str = "input") -> TaskCreate:
 
 def workflow_create(data: WorkflowInput) -> WorkflowCreate:
     tasks = [_task_data(task) for task in data.tasks or []]
-    payload = {"name": data.name, "description": data.description, "tasks": tasks}
+    payload = {
+        "name": data.name,
+        "description": data.description,
+        "tasks": tasks,
+        "max_concurrent_executions": data.max_concurrent_executions,
+    }
     return _validate(WorkflowCreate, payload, "input")
 
 
 def workflow_update(data: WorkflowInput) -> tuple[WorkflowUpdate, list[TaskCreate] | None]:
     if data.tasks is None:
-        payload = {"name": data.name, "description": data.description}
+        payload = {
+            "name": data.name,
+            "description": data.description,
+            "max_concurrent_executions": data.max_concurrent_executions,
+        }
         return _validate(WorkflowUpdate, payload, "input"), None
     full = workflow_create(data)
-    return WorkflowUpdate(name=full.name, description=full.description), full.tasks
+    update = WorkflowUpdate(
+        name=full.name,
+        description=full.description,
+        max_concurrent_executions=full.max_concurrent_executions,
+    )
+    return update, full.tasks
 
 
 def schedule_in(data: dict[str, Any]) -> ScheduleIn:

@@ -71,6 +71,10 @@ class Workflow:
     # The data layer loads a page of workflows with all their tasks in two queries, so the
     # tasks are already here: no per-workflow query, no DataLoader needed for this list.
     tasks: list[Task]
+    max_concurrent_executions: int | None = strawberry.field(
+        default=None,
+        description="At most this many of its executions run at once (the rest wait pending).",
+    )
 
     @strawberry.field(description="This workflow's executions, newest first.")
     async def executions(
@@ -89,6 +93,7 @@ class Workflow:
             created_at=datetime.fromisoformat(row["created_at"]),
             updated_at=datetime.fromisoformat(row["updated_at"]),
             tasks=[Task.from_dict(task) for task in row["tasks"]],
+            max_concurrent_executions=row.get("max_concurrent_executions"),
         )
 
 
@@ -112,6 +117,8 @@ class WorkflowInput:
     # On create: the tasks to create with it. On update: when given, the new task list
     # (replacing the old one); when left out, the tasks stay as they are.
     tasks: list[TaskInput] | None = None
+    # At most this many of its executions run at once; null: no limit.
+    max_concurrent_executions: int | None = None
 
 
 @strawberry.enum

@@ -209,6 +209,9 @@ class NewExecution:
     created: bool
     execution: Execution | None = None
     runs: list[TaskRun] = field(default_factory=list)
+    # Made `pending` because its workflow has a concurrency limit: an engine starts it once
+    # the limit allows (claim_pending), not the caller.
+    waiting: bool = False
 
 
 async def create_execution(
@@ -265,8 +268,12 @@ async def create_execution(
 async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
     async with in_transaction("default"):
         workflow_id = values["workflow_id"]
-        if not await Workflow.filter(id=workflow_id).exists():
+        workflow = await Workflow.filter(id=workflow_id).first()
+        if workflow is None:
             raise NotFound(WORKFLOW_NOT_FOUND)
+        waiting = workflow.max_concurrent_executions is not None and values["status"] != PENDING
+        if waiting:
+            values = values | _WAITING
         tasks = await Task.filter(workflow_id=workflow_id).order_by("order", "id")
         execution = await Execution.create(**values)
         await TaskRun.bulk_create(
@@ -288,20 +295,31 @@ async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
             ]
         )
         runs = list(await ordered_runs(execution.id))
-    return NewExecution(execution.id, True, execution, runs)
+    return NewExecution(execution.id, True, execution, runs, waiting)
+
+
+# What an execution of a workflow with a concurrency limit is made with: pending, owned by
+# nobody, whatever its caller asked.
+_WAITING = {"status": PENDING, "started_at": None, "lease_owner": None, "lease_expires_at": None}
 
 
 # The execution and its runs inserted by one statement (atomic without a transaction, one
 # round trip instead of six), answering the runs as stored: one row per run, or a single row
 # of NULL run columns for a workflow without tasks; no row at all when the workflow is gone.
 _CREATE = f"""
-WITH workflow AS (SELECT id FROM workflows WHERE id = $1),
+WITH workflow AS (
+    SELECT id, max_concurrent_executions IS NOT NULL AS limited FROM workflows WHERE id = $1
+),
 execution AS (
     INSERT INTO executions (workflow_id, idempotency_key, status, created_at, started_at,
                             lease_owner, lease_expires_at, version, input, triggered_by,
                             retry_of)
-    SELECT id, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM workflow
-    RETURNING id
+    SELECT id, $2, CASE WHEN limited THEN '{PENDING}' ELSE $3::varchar END, $4,
+           CASE WHEN limited THEN NULL ELSE $5::timestamptz END,
+           CASE WHEN limited THEN NULL ELSE $6::varchar END,
+           CASE WHEN limited THEN NULL ELSE $7::timestamptz END, $8, $9, $10, $11
+    FROM workflow
+    RETURNING id, status
 ),
 runs AS (
     INSERT INTO task_runs (execution_id, task_id, name, "order", execution_type, action,
@@ -313,7 +331,8 @@ runs AS (
     WHERE t.workflow_id = $1
     RETURNING *
 )
-SELECT execution.id AS new_execution_id, runs.* FROM execution LEFT JOIN runs ON true
+SELECT execution.id AS new_execution_id, execution.status AS new_execution_status, runs.*
+FROM execution LEFT JOIN runs ON true
 """
 
 
@@ -324,14 +343,18 @@ async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
     if not rows:
         raise NotFound(WORKFLOW_NOT_FOUND)
     execution_id = rows[0].pop("new_execution_id")
+    waiting = rows[0]["new_execution_status"] != values["status"]
+    if waiting:
+        values = values | _WAITING
     execution = Execution._init_from_db(id=execution_id, completed_at=None, error=None, **values)
     runs = []
     for row in rows:
         row.pop("new_execution_id", None)
+        row.pop("new_execution_status", None)
         if row["id"] is not None:
             runs.append(TaskRun._init_from_db(**row))
     runs.sort(key=lambda run: (run.order, run.task_id))
-    return NewExecution(execution_id, True, execution, runs)
+    return NewExecution(execution_id, True, execution, runs, waiting)
 
 
 async def retry_execution(
@@ -564,13 +587,34 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
     return claimed
 
 
-async def claim_pending(owner: str, lease_seconds: float, limit: int) -> list[int]:
-    """Start up to `limit` pending executions, oldest first, as `owner`'s. Returns their ids."""
-    rows = await Execution.filter(status=PENDING).order_by("id").limit(limit).values("id")
+# The look for pending executions that may start: oldest first, leaving out those whose
+# workflow runs as many as its limit allows (they would block the ones behind them).
+_PENDING_LOOK = f"""
+SELECT e.id, w.max_concurrent_executions AS cap FROM executions e
+JOIN workflows w ON w.id = e.workflow_id
+WHERE e.status = '{PENDING}' AND (
+    w.max_concurrent_executions IS NULL
+    OR (SELECT count(*) FROM executions r
+        WHERE r.workflow_id = e.workflow_id AND r.status = '{IN_PROGRESS}')
+       < w.max_concurrent_executions
+)
+ORDER BY e.id LIMIT {{limit}}
+"""
+
+
+async def claim_pending(owner: str, lease_seconds: float, limit: int) -> list[tuple[int, bool]]:
+    """Start up to `limit` pending executions, oldest first, as `owner`'s, each within its
+    workflow's concurrency limit. Returns their ids, each with whether its workflow has a
+    limit (when it ends, another of them may start)."""
+    connection = Execution._meta.db
+    rows = await connection.execute_query_dict(_PENDING_LOOK.format(limit=int(limit)))
     claimed = []
-    for execution_id in (int(row["id"]) for row in rows):
+    for row in rows:
+        execution_id = int(row["id"])
         moment = now()
         async with in_transaction("default") as connection:
+            if row["cap"] is not None and not await _below_limit(connection, execution_id):
+                continue
             # Compare-and-set: of several engines claiming at once, one wins; a cancelled one
             # is no longer pending.
             won = (
@@ -585,8 +629,29 @@ async def claim_pending(owner: str, lease_seconds: float, limit: int) -> list[in
                 )
             )
         if won:
-            claimed.append(int(execution_id))
+            claimed.append((execution_id, row["cap"] is not None))
     return claimed
+
+
+async def _below_limit(connection: BaseDBAsyncClient, execution_id: int) -> bool:
+    """Whether the pending execution's workflow runs fewer than its limit, counted with the
+    workflow's row locked (PostgreSQL; SQLite has one writer): of several engines starting
+    its executions at once, each counts after the one before it committed."""
+    execution = await Execution.filter(id=execution_id).using_db(connection).first()
+    if execution is None:
+        return False
+    query = Workflow.filter(id=execution.workflow_id).using_db(connection)
+    if connection.capabilities.dialect == "postgres":
+        query = query.select_for_update()
+    workflow = await query.first()
+    if workflow is None or workflow.max_concurrent_executions is None:
+        return workflow is not None
+    running = (
+        await Execution.filter(workflow_id=workflow.id, status=IN_PROGRESS)
+        .using_db(connection)
+        .count()
+    )
+    return running < workflow.max_concurrent_executions
 
 
 async def release_leases(owner: str) -> None:

@@ -42,6 +42,8 @@ if DEFAULT_TASK_TIMEOUT_SECONDS > TIMEOUT_SECONDS_MAX:
         "WORKFLOW_DEFAULT_TASK_TIMEOUT must be at most WORKFLOW_MAX_TIMEOUT_SECONDS "
         f"({TIMEOUT_SECONDS_MAX:g})"
     )
+# The largest per-workflow concurrency limit one may set (more is no limit at all).
+MAX_CONCURRENT_LIMIT = 100_000
 ACTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
 
 
@@ -216,6 +218,8 @@ class TaskCreate(_Input):
 class WorkflowUpdate(_Input):
     name: Name
     description: Description | None = None
+    # At most this many executions of it run at once; the rest wait `pending`.
+    max_concurrent_executions: int | None = Field(default=None, ge=1, le=MAX_CONCURRENT_LIMIT)
 
 
 class WorkflowCreate(WorkflowUpdate):

@@ -33,6 +33,9 @@ class Workflow(Model):
     description = fields.TextField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
+    # At most this many of its executions run at once; the others wait `pending`. Null: no
+    # limit.
+    max_concurrent_executions = fields.IntField(null=True)
 
     tasks: fields.ReverseRelation[Task]
     executions: fields.ReverseRelation[Execution]
@@ -97,11 +100,13 @@ class Execution(Model):
         table = "executions"
         unique_together = (("workflow_id", "idempotency_key"),)
         # Take-over scans by status and expiry; each owner renews its own leases by owner; the
-        # pruner finds ended executions by status and end.
+        # pruner finds ended executions by status and end; limits count by workflow.
         indexes = (
             ("status", "lease_expires_at"),
             ("lease_owner", "status"),
             ("status", "completed_at"),
+            # A workflow's running executions, counted against its concurrency limit.
+            ("workflow_id", "status"),
         )
 
 

@@ -68,7 +68,7 @@ def task_dict(task: Task) -> dict[str, Any]:
 
 
 def workflow_dict(workflow: Workflow, tasks: list[Task]) -> dict[str, Any]:
-    return {
+    row = {
         "name": workflow.name,
         "description": workflow.description,
         "id": workflow.id,
@@ -76,6 +76,10 @@ def workflow_dict(workflow: Workflow, tasks: list[Task]) -> dict[str, Any]:
         "updated_at": iso(workflow.updated_at),
         "tasks": [task_dict(task) for task in tasks],
     }
+    # Only when set: a workflow without one answers byte for byte as the original service did.
+    if workflow.max_concurrent_executions is not None:
+        row["max_concurrent_executions"] = workflow.max_concurrent_executions
+    return row
 
 
 def _valid_id(value: int) -> bool:
@@ -194,7 +198,11 @@ async def _check_references(workflow_id: int, connection: BaseDBAsyncClient) -> 
 
 async def create_workflow(data: WorkflowCreate) -> dict[str, Any]:
     async with in_transaction("default") as connection:
-        workflow = await Workflow.create(name=data.name, description=data.description)
+        workflow = await Workflow.create(
+            name=data.name,
+            description=data.description,
+            max_concurrent_executions=data.max_concurrent_executions,
+        )
         for task in data.tasks:
             await Task.create(workflow_id=workflow.id, **_task_fields(task))
         await _check_references(workflow.id, connection)
