@@ -541,10 +541,16 @@ class Engine:
     async def retry(self, execution_id: int, triggered_by: str | None = None) -> int:
         """Start a new execution of a failed or cancelled one, from where it failed. Raises
         NotFound, or Conflict when it is not failed or cancelled."""
+        # As a new execution: it waits when this engine is full or others already wait.
+        queued = self._backlog or self._busy() >= self.config.max_running
         new = await store.retry_execution(
-            execution_id, self.owner, self.config.lease_seconds, triggered_by
+            execution_id, self.owner, self.config.lease_seconds, triggered_by, pending=queued
         )
-        self.spawn(new.id, (new.execution, new.runs) if new.execution is not None else None)
+        if new.waiting:
+            self._backlog = True
+            self.start_pending()
+        else:
+            self.spawn(new.id, (new.execution, new.runs) if new.execution is not None else None)
         return new.id
 
     async def cancel(self, execution_id: int) -> dict[str, Any]:

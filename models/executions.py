@@ -300,7 +300,12 @@ async def _create_in_transaction(values: dict[str, Any]) -> NewExecution:
 
 # What an execution of a workflow with a concurrency limit is made with: pending, owned by
 # nobody, whatever its caller asked.
-_WAITING = {"status": PENDING, "started_at": None, "lease_owner": None, "lease_expires_at": None}
+_WAITING: dict[str, Any] = {
+    "status": PENDING,
+    "started_at": None,
+    "lease_owner": None,
+    "lease_expires_at": None,
+}
 
 
 # The execution and its runs inserted by one statement (atomic without a transaction, one
@@ -358,11 +363,17 @@ async def _create_in_one_statement(values: dict[str, Any]) -> NewExecution:
 
 
 async def retry_execution(
-    execution_id: int, owner: str, lease_seconds: float, triggered_by: str | None = None
+    execution_id: int,
+    owner: str,
+    lease_seconds: float,
+    triggered_by: str | None = None,
+    pending: bool = False,
 ) -> NewExecution:
     """A new execution of a failed or cancelled one, on its snapshot and input, owned by
     `owner`: the tasks that completed there are completed here (same outputs, no attempts),
-    every other task is pending again. Raises NotFound, or Conflict for any other status."""
+    every other task is pending again. With `pending`, or when its workflow has a
+    concurrency limit, it waits for an engine instead (claim_pending). Raises NotFound, or
+    Conflict for any other status."""
     if not valid_id(execution_id):
         raise NotFound(EXECUTION_NOT_FOUND)
     started = now()
@@ -375,25 +386,32 @@ async def retry_execution(
                 f"Execution {execution_id} is {old.status}: only failed or cancelled "
                 "executions can be retried"
             )
+        workflow = await Workflow.filter(id=old.workflow_id).using_db(connection).first()
+        limited = workflow is not None and workflow.max_concurrent_executions is not None
+        values: dict[str, Any] = {
+            "status": IN_PROGRESS,
+            "started_at": started,
+            "lease_owner": owner,
+            "lease_expires_at": started + timedelta(seconds=lease_seconds),
+        }
+        if pending or limited:
+            values = dict(_WAITING)
         execution = await Execution.create(
             using_db=connection,
             workflow_id=old.workflow_id,
-            status=IN_PROGRESS,
             created_at=started,
-            started_at=started,
-            lease_owner=owner,
-            lease_expires_at=started + timedelta(seconds=lease_seconds),
             version=1,
             input=old.input,
             triggered_by=triggered_by,
             retry_of=old.id,
+            **values,
         )
         old_runs = await ordered_runs(execution_id).using_db(connection)
         await TaskRun.bulk_create(
             [_carried_over(run, execution.id, started) for run in old_runs], using_db=connection
         )
         runs = list(await ordered_runs(execution.id).using_db(connection))
-    return NewExecution(execution.id, True, execution, runs)
+    return NewExecution(execution.id, True, execution, runs, waiting=pending or limited)
 
 
 def _carried_over(run: TaskRun, execution_id: int, moment: datetime) -> TaskRun:
@@ -590,7 +608,7 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
 # The look for pending executions that may start: oldest first, leaving out those whose
 # workflow runs as many as its limit allows (they would block the ones behind them).
 _PENDING_LOOK = f"""
-SELECT e.id, w.max_concurrent_executions AS cap FROM executions e
+SELECT e.id, w.max_concurrent_executions AS cap, e.workflow_id FROM executions e
 JOIN workflows w ON w.id = e.workflow_id
 WHERE e.status = '{PENDING}' AND (
     w.max_concurrent_executions IS NULL
@@ -609,11 +627,15 @@ async def claim_pending(owner: str, lease_seconds: float, limit: int) -> list[tu
     connection = Execution._meta.db
     rows = await connection.execute_query_dict(_PENDING_LOOK.format(limit=int(limit)))
     claimed = []
+    full: set[int] = set()  # workflows found at their limit: none of theirs starts this round
     for row in rows:
         execution_id = int(row["id"])
+        if row["workflow_id"] in full:
+            continue  # oldest first: a later one must not take the room an earlier one waits for
         moment = now()
         async with in_transaction("default") as connection:
             if row["cap"] is not None and not await _below_limit(connection, execution_id):
+                full.add(row["workflow_id"])
                 continue
             # Compare-and-set: of several engines claiming at once, one wins; a cancelled one
             # is no longer pending.

@@ -115,7 +115,7 @@ async def stub(app: FastAPI) -> AsyncIterator[WorkflowExecutionAsyncStub]:
 
 
 # How store.claim_pending's look for pending executions reads, as Tortoise logs it.
-PENDING_LOOK = "SELECT e.id, w.max_concurrent_executions AS cap FROM executions e"
+PENDING_LOOK = "SELECT e.id, w.max_concurrent_executions AS cap, e.workflow_id FROM executions e"
 
 
 class QueryCounter(logging.Handler):

@@ -78,3 +78,20 @@ async def test_graphql_sets_reads_and_clears_the_limit(client: httpx.AsyncClient
     assert read.json()["data"]["workflow"] == {"name": "g", "maxConcurrentExecutions": 3}
     cleared = await client.put(f"/workflows/{made['id']}", json={"name": "g"})
     assert "max_concurrent_executions" not in cleared.json()
+
+
+async def test_a_retry_waits_for_the_limit_too(
+    client: httpx.AsyncClient, stub: WorkflowExecutionAsyncStub
+) -> None:
+    body = {"name": "one", "max_concurrent_executions": 1, "tasks": [noop("t", 1, 0.5)]}
+    workflow_id = (await client.post("/workflows/", json=body)).json()["id"]
+    first = await execute(stub, workflow_id)
+    second = await execute(stub, workflow_id)
+    cancelled = await client.post(f"/executions/{second}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+    retried = await client.post(f"/executions/{second}/retry")
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["status"] == "pending"  # the first still runs
+    final = await wait_until_done(stub, retried.json()["id"])
+    assert final.status == "completed"
+    assert (await wait_until_done(stub, first)).status == "completed"
