@@ -217,7 +217,8 @@ class Runner:
                         "stopping before it finished (WORKFLOW_INTERRUPTION_BUDGET)",
                     )
                 pause = interruption_pause(config, run.interruptions)
-                log.warning(
+                # INFO: an outage interrupts many tasks at once, and warns once itself.
+                log.info(
                     "task %s of execution %s was interrupted (%d so far); it runs again in %g s",
                     run.task_id,
                     self.execution.id,
