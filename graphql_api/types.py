@@ -11,14 +11,21 @@ from strawberry.scalars import JSON
 
 from models.errors import Invalid
 from models.executions import execution_output
-from models.inputs import Page
+from models.inputs import INT32_MAX, Page
+
+# The most items one GraphQL list page holds (`limit`). REST keeps its own bound (1,000, as the
+# service it replaces had); GraphQL documents can nest and alias pages, so theirs is smaller,
+# and the query cost rule (graphql_api/query_cost.py) counts with it.
+MAX_PAGE = 100
 
 
 def checked_page(skip: int, limit: int) -> Page:
+    if not 0 <= limit <= MAX_PAGE:
+        raise Invalid(f"Invalid input: limit must be between 0 and {MAX_PAGE}")
     try:
         return Page(skip=skip, limit=limit)
     except ValueError:
-        raise Invalid("Invalid input: skip must be >= 0 and limit between 0 and 1000") from None
+        raise Invalid(f"Invalid input: skip must be between 0 and {INT32_MAX}") from None
 
 
 @strawberry.enum
