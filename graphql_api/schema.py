@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +24,7 @@ from strawberry.types import ExecutionContext
 from graphql_api.auth import Needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
+from graphql_api.paced import paced
 from graphql_api.query_cost import CostLimits, cost_rule
 from graphql_api.schedule_fields import ScheduleMutation, ScheduleQuery
 from graphql_api.types import (
@@ -168,11 +169,12 @@ class Query(KeyQuery, TriggerQuery, ScheduleQuery):
     @strawberry.field(
         description="A page of workflows, ordered by id.",
         permission_classes=[Needs.VIEWER],
+        graphql_type=list[Workflow],
     )
-    async def workflows(self, skip: int = 0, limit: int = 100) -> list[Workflow]:
+    async def workflows(self, skip: int = 0, limit: int = 100) -> AsyncIterator[Workflow]:
         page = checked_page(skip, limit)
         rows = await store.list_workflows(page.skip, page.limit)
-        return [Workflow.from_dict(row) for row in rows]
+        return paced(rows, Workflow.from_dict)
 
     @strawberry.field(
         description="One workflow, or null when there is none with this id.",
@@ -193,14 +195,15 @@ class Query(KeyQuery, TriggerQuery, ScheduleQuery):
     @strawberry.field(
         description="Executions, newest first; of one workflow when given.",
         permission_classes=[Needs.VIEWER],
+        graphql_type=list[Execution],
     )
     async def executions(
         self, workflow_id: strawberry.ID | None = None, skip: int = 0, limit: int = 100
-    ) -> list[Execution]:
+    ) -> AsyncIterator[Execution]:
         page = checked_page(skip, limit)
         workflow = parse_id(workflow_id, "workflowId") if workflow_id is not None else None
         rows = await execution_store.list_executions(workflow, page.skip, page.limit)
-        return [Execution.from_dict(row) for row in rows]
+        return paced(rows, Execution.from_dict)
 
 
 @strawberry.type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import Enum
 from typing import Any, cast
@@ -9,6 +10,7 @@ from typing import Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
+from graphql_api.paced import paced
 from models.errors import Invalid
 from models.executions import execution_output
 from models.inputs import INT32_MAX, Page
@@ -79,13 +81,15 @@ class Workflow:
     # tasks are already here: no per-workflow query, no DataLoader needed for this list.
     tasks: list[Task]
 
-    @strawberry.field(description="This workflow's executions, newest first.")
+    @strawberry.field(
+        description="This workflow's executions, newest first.", graphql_type=list["Execution"]
+    )
     async def executions(
         self, info: strawberry.Info, skip: int = 0, limit: int = 20
-    ) -> list[Execution]:
+    ) -> AsyncIterator[Execution]:
         page = checked_page(skip, limit)
         rows = await info.context["executions_loader"].load((int(self.id), page.skip, page.limit))
-        return [Execution.from_dict(row) for row in rows]
+        return paced(rows, Execution.from_dict)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Workflow:
