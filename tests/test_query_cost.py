@@ -4,6 +4,7 @@ what Strawberry refuses."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from graphql import get_introspection_query, parse
 
 from graphql_api import fast_graphql, query_cost
+from graphql_api import paced as paced_module
 from graphql_api import schema as schema_module
 from graphql_api.query_cost import QUERY_TOO_COSTLY, CostLimits, cost_rule, document_cost
 from graphql_api.schema import COST_LIMITS, MAX_QUERY_COST, schema
@@ -193,3 +195,29 @@ async def test_the_fast_path_refuses_what_strawberry_refuses(
     assert response.status_code == 400
     (error,) = response.json()["errors"]
     assert error["extensions"] == {"code": QUERY_TOO_COSTLY, "cost": 1_003, "maximum": 1_000}
+
+
+@pytest.mark.parametrize(("slice_seconds", "turns"), [(0.0, 10), (60.0, 0)])
+async def test_long_lists_give_the_loop_a_turn_per_slice(
+    monkeypatch: pytest.MonkeyPatch, slice_seconds: float, turns: int
+) -> None:
+    """Pages are handed to the executor item by item; once a slice has passed, the loop runs
+    something else before the next item (here: every item when the slice is 0)."""
+    monkeypatch.setattr(paced_module, "PACE_SECONDS", slice_seconds)
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started = ticks
+    items = [item async for item in paced_module.paced(range(10), str)]
+    done = True
+    await running
+    assert items == [str(n) for n in range(10)]
+    assert ticks - started == turns
