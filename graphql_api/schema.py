@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +24,11 @@ from strawberry.types import ExecutionContext
 from graphql_api.auth import Needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
+from graphql_api.paced import paced
+from graphql_api.query_cost import CostLimits, cost_rule
 from graphql_api.schedule_fields import ScheduleMutation, ScheduleQuery
 from graphql_api.types import (
+    MAX_PAGE,
     ApiKey,
     Execution,
     ExecutionEvent,
@@ -47,9 +50,10 @@ from models import workflows as store
 from models.access import Role
 from models.db_unavailable import UNAVAILABLE_MESSAGE, database_unavailable
 from models.errors import Unavailable, WorkflowError
-from models.inputs import execution_input
+from models.inputs import MAX_TASKS_PER_WORKFLOW, execution_input
 from models.inputs import idempotency_key as idempotency_key_of
 from models.outages import Outage
+from models.schedules import MAX_SCHEDULES_PER_WORKFLOW
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,30 @@ MAX_DEPTH = 10
 MAX_ALIASES = 30
 MAX_TOKENS = 2_000
 DOCUMENT_CACHE_SIZE = 512
+# The query cost limit: the most fields an answer can hold (graphql_api/query_cost.py). A page
+# of 100 workflows with their tasks' names scores 100,301 (each of up to 1,000 tasks); a page
+# with every field of workflows and tasks, as REST's page has them, 1,100,601; issue #16's
+# thirty aliases of `workflows { tasks { parameters } }` 3,003,030. README lists more.
+MAX_QUERY_COST = 1_200_000
+# Lists without a `limit` argument: each counts as the most items it can hold.
+LIST_SIZES = {
+    ("Workflow", "tasks"): MAX_TASKS_PER_WORKFLOW,
+    ("Execution", "taskRuns"): MAX_TASKS_PER_WORKFLOW,  # one run per task of its snapshot
+    ("Query", "schedules"): MAX_SCHEDULES_PER_WORKFLOW,  # of one workflow; see below
+}
+# Triggers, API keys and every workflow's schedules have no bound of their own: they are made
+# by admins, a few per workflow or per client, and hold no list to multiply. Counted as a page.
+UNBOUNDED_LIST_SIZE = MAX_PAGE
+COST_LIMITS = CostLimits(
+    maximum=MAX_QUERY_COST,
+    page_cap=MAX_PAGE,
+    list_sizes=LIST_SIZES,
+    default_list_size=UNBOUNDED_LIST_SIZE,
+)
 LIMIT_RULES: list[type[ASTValidationRule]] = [
     depth_rule(MAX_DEPTH, None, None),
     aliases_rule(MAX_ALIASES),
+    cost_rule(COST_LIMITS),
 ]
 
 
@@ -142,12 +167,14 @@ class KeyMutation:
 @strawberry.type
 class Query(KeyQuery, TriggerQuery, ScheduleQuery):
     @strawberry.field(
-        description="A page of workflows, ordered by id.", permission_classes=[Needs.VIEWER]
+        description="A page of workflows, ordered by id.",
+        permission_classes=[Needs.VIEWER],
+        graphql_type=list[Workflow],
     )
-    async def workflows(self, skip: int = 0, limit: int = 100) -> list[Workflow]:
+    async def workflows(self, skip: int = 0, limit: int = 100) -> AsyncIterator[Workflow]:
         page = checked_page(skip, limit)
         rows = await store.list_workflows(page.skip, page.limit)
-        return [Workflow.from_dict(row) for row in rows]
+        return paced(rows, Workflow.from_dict)
 
     @strawberry.field(
         description="One workflow, or null when there is none with this id.",
@@ -168,14 +195,15 @@ class Query(KeyQuery, TriggerQuery, ScheduleQuery):
     @strawberry.field(
         description="Executions, newest first; of one workflow when given.",
         permission_classes=[Needs.VIEWER],
+        graphql_type=list[Execution],
     )
     async def executions(
         self, workflow_id: strawberry.ID | None = None, skip: int = 0, limit: int = 100
-    ) -> list[Execution]:
+    ) -> AsyncIterator[Execution]:
         page = checked_page(skip, limit)
         workflow = parse_id(workflow_id, "workflowId") if workflow_id is not None else None
         rows = await execution_store.list_executions(workflow, page.skip, page.limit)
-        return [Execution.from_dict(row) for row in rows]
+        return paced(rows, Execution.from_dict)
 
 
 @strawberry.type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from enum import Enum
 from typing import Any, cast
@@ -9,16 +10,24 @@ from typing import Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
+from graphql_api.paced import paced
 from models.errors import Invalid
 from models.executions import execution_output
-from models.inputs import Page
+from models.inputs import INT32_MAX, Page
+
+# The most items one GraphQL list page holds (`limit`). REST keeps its own bound (1,000, as the
+# service it replaces had); GraphQL documents can nest and alias pages, so theirs is smaller,
+# and the query cost rule (graphql_api/query_cost.py) counts with it.
+MAX_PAGE = 100
 
 
 def checked_page(skip: int, limit: int) -> Page:
+    if not 0 <= limit <= MAX_PAGE:
+        raise Invalid(f"Invalid input: limit must be between 0 and {MAX_PAGE}")
     try:
         return Page(skip=skip, limit=limit)
     except ValueError:
-        raise Invalid("Invalid input: skip must be >= 0 and limit between 0 and 1000") from None
+        raise Invalid(f"Invalid input: skip must be between 0 and {INT32_MAX}") from None
 
 
 @strawberry.enum
@@ -76,13 +85,15 @@ class Workflow:
         description="At most this many of its executions run at once (the rest wait pending).",
     )
 
-    @strawberry.field(description="This workflow's executions, newest first.")
+    @strawberry.field(
+        description="This workflow's executions, newest first.", graphql_type=list["Execution"]
+    )
     async def executions(
         self, info: strawberry.Info, skip: int = 0, limit: int = 20
-    ) -> list[Execution]:
+    ) -> AsyncIterator[Execution]:
         page = checked_page(skip, limit)
         rows = await info.context["executions_loader"].load((int(self.id), page.skip, page.limit))
-        return [Execution.from_dict(row) for row in rows]
+        return paced(rows, Execution.from_dict)
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Workflow:

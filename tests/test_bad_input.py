@@ -245,7 +245,8 @@ async def test_graphql_depth_limit(client: httpx.AsyncClient) -> None:
     nested = "{ __schema { types { " + "fields { type { " * 10 + "name" + " } }" * 10 + " } } }"
     response = await gql(client, nested)
     assert response.status_code == 400
-    assert "depth" in response.json()["errors"][0]["message"]
+    # Too costly as well (each `fields` multiplies): the depth error is among the errors.
+    assert any("depth" in error["message"] for error in response.json()["errors"])
     braces = await gql(client, "{ " * 5_000)
     assert braces.status_code == 400
     assert_clean(braces)

@@ -10,7 +10,7 @@ import httpx
 
 from tests.conftest import QueryCounter
 from tests.executions import make_workflow, noop, wait_until_done
-from tests.test_graphql import gql
+from tests.test_graphql import every_workflow_id, gql
 
 if TYPE_CHECKING:
     from protos.execution_pb2_grpc import WorkflowExecutionAsyncStub
@@ -95,8 +95,7 @@ async def test_workflow_executions_cost_a_constant_number_of_queries(
             await wait_until_done(stub, int(result["data"]["executeWorkflow"]["id"]))
     query = """query($skip: Int!, $limit: Int!) { workflows(skip: $skip, limit: $limit) {
       id executions(limit: 5) { id status taskRuns { name status } } } }"""
-    every = (await gql(client, "{ workflows(limit: 1000) { id } }"))["data"]["workflows"]
-    start = [int(row["id"]) for row in every].index(workflow_ids[0])
+    start = [int(i) for i in await every_workflow_id(client)].index(workflow_ids[0])
     counts = {}
     for limit in (2, 12):
         sql_queries.reset()
