@@ -22,6 +22,9 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     DBConnectionError,
     # asyncpg: the connection broke...
     asyncpg.PostgresConnectionError,
+    # ...or its state was left half-way when the server cut it ("cannot switch to state 12;
+    # another operation is in progress", seen when PostgreSQL stopped under load)...
+    asyncpg.InternalClientError,
     # ...or the server is stopping or starting (57P01, 57P02, 57P03).
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
