@@ -38,40 +38,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_execution import machine  # noqa: E402
-from tests.faults.own_services import own_postgres, own_redis  # noqa: E402
+from tests.faults.own_services import CountingServer, own_postgres, own_redis  # noqa: E402
 from tests.live_server import cli_process, environment, free_port, wait_http_healthy  # noqa: E402
 
 TASKS = 5
 TERMINAL = {"completed", "failed", "cancelled"}
-
-
-@dataclass
-class Calls:
-    """The counting server's record: each path's calls, and when each answer was sent."""
-
-    started: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
-    answered: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
-
-
-async def counting_server(calls: Calls) -> asyncio.Server:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            path = request.split(b" ", 2)[1].decode()
-            calls.started[path].append(time.monotonic())
-            await asyncio.sleep(0.2)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
-                b"connection: close\r\n\r\n{}"
-            )
-            await writer.drain()
-            calls.answered[path].append(time.monotonic())
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(serve, "127.0.0.1", 0, backlog=1024)
 
 
 @dataclass
@@ -118,9 +89,9 @@ class Client:
 
 
 async def row(executor: str, fault: str, args: argparse.Namespace) -> None:
-    calls = Calls()
-    server = await counting_server(calls)
-    port = server.sockets[0].getsockname()[1]
+    calls = CountingServer()
+    await calls.start()
+    port = calls.port
     client = Client()
     with own_postgres() as postgres, own_redis() as redis, tempfile.TemporaryDirectory():
         http_port, grpc_port = free_port(), free_port()
@@ -168,8 +139,7 @@ async def row(executor: str, fault: str, args: argparse.Namespace) -> None:
                 for execution_id in client.executions:
                     read = await http.get(f"/executions/{execution_id}")
                     statuses[read.json()["status"]] += 1
-    server.close()
-    await server.wait_closed()
+    await calls.close()
     report(executor, fault, args, calls, client, statuses, back)
 
 
@@ -177,7 +147,7 @@ def report(
     executor: str,
     fault: str,
     args: argparse.Namespace,
-    calls: Calls,
+    calls: CountingServer,
     client: Client,
     statuses: collections.Counter[str],
     back: float,

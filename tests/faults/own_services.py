@@ -1,8 +1,10 @@
-"""A Redis server of a test's own, on a free port, that the test may stop, kill and start
-again (on the same port, so that clients reconnect to it)."""
+"""Servers of a test's own: Redis and PostgreSQL on free ports, which a test may stop, kill and
+start again on the same port (so that clients reconnect), and a counting HTTP server."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import os
 import shutil
@@ -139,3 +141,46 @@ def own_postgres() -> Iterator[OwnPostgres]:
         with contextlib.suppress(subprocess.CalledProcessError):
             server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class CountingServer:
+    """An HTTP server in this process that answers every request 200 after 0.2 s, recording
+    when each path was called and when each answer was sent: the `http` tasks of the fault
+    tests and benchmark name their execution and task in the path, so a task called twice
+    shows as a path called twice."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, list[float]] = collections.defaultdict(list)
+        self.answered: dict[str, list[float]] = collections.defaultdict(list)
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def calls(self) -> collections.Counter[str]:
+        return collections.Counter({path: len(times) for path, times in self.started.items()})
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=1024)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readuntil(b"\r\n\r\n")
+            path = request.split(b" ", 2)[1].decode()
+            self.started[path].append(time.monotonic())
+            await asyncio.sleep(0.2)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                b"connection: close\r\n\r\n{}"
+            )
+            await writer.drain()
+            self.answered[path].append(time.monotonic())
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()

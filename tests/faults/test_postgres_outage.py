@@ -20,7 +20,7 @@ import pytest
 
 from protos import execution_pb2 as pb
 from protos.execution_pb2_grpc import WorkflowExecutionStub
-from tests.faults.own_services import own_postgres
+from tests.faults.own_services import CountingServer, own_postgres
 from tests.live_server import cli_process, environment, free_port, wait_http_healthy
 
 # Idle connections are dropped before uvicorn's keep-alive timeout (5 s) closes them: else a
@@ -29,40 +29,6 @@ KEEPALIVE = httpx.Limits(keepalive_expiry=2)
 LANES = 6
 TASKS = 3
 OUTAGE_SECONDS = 10
-
-
-class CountingServer:
-    """Answers every request 200 after 0.2 s, counting requests by path."""
-
-    def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readuntil(b"\r\n\r\n")
-            path = request.split(b" ", 2)[1].decode()
-            self.calls[path] += 1
-            await asyncio.sleep(0.2)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
-                b"connection: close\r\n\r\n{}"
-            )
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 async def lane(
