@@ -231,3 +231,23 @@ def test_the_readme_commands_run_against_a_live_server(server: LiveServer, tmp_p
             assert answer.json()["status"] == "completed", answer.text
     # What keeps this test quick: no block waits long (see BLOCK_TIMEOUT_SECONDS).
     assert time.monotonic() - began < 45, "the README's blocks took most of a minute"
+
+
+def test_the_readmes_links_lead_somewhere() -> None:
+    text = README.read_text()
+    targets = re.findall(r"\]\(([^)#]+?)(?:#[^)]*)?\)", text)
+    local = [target for target in targets if not target.startswith(("http://", "https://"))]
+    assert {"docs/architecture.md", "docs/benchmarks.md", "CHANGELOG.md"} <= set(local)
+    for target in local:
+        assert (REPO / target).exists(), f"README.md links to {target}, which is not there"
+
+
+def test_docs_benchmarks_shows_every_chart_of_its_figures() -> None:
+    from benchmarks.charts import FIGURES, load
+
+    page = (REPO / "docs" / "benchmarks.md").read_text()
+    embedded = set(re.findall(r"!\[[^\]]+\]\(benchmarks/([^)]+\.png)\)", page))
+    files = {chart["file"] for chart in load(FIGURES)}
+    assert embedded == files, "docs/benchmarks.md and figures.json name different charts"
+    for name in files:
+        assert (FIGURES.parent / name).is_file(), f"run benchmarks/charts.py: no {name}"
