@@ -13,7 +13,9 @@ Where it is counted:
 - executions and task attempts: the engine (exec_service/engine.py), in the process that owns
   the execution (`serve` or `grpc`); running and pending: exec_service/engine_metrics.py;
 - attempts as SAQ workers ran them: exec_service/worker.py (the `workflow_worker_*` families);
-- HTTP requests: graphql_api/request_metrics.py; gRPC calls: exec_service/grpc_metrics.py;
+- HTTP requests: graphql_api/request_metrics.py (`workflow_http_requests_total` and
+  `workflow_http_request_duration_seconds`, kept as plain counters on the hot path and turned
+  into families when scraped); gRPC calls: exec_service/grpc_metrics.py;
 - the cache's hits and misses: models/cache.py's counters, read when scraped (CacheCollector).
 """
 
@@ -90,17 +92,6 @@ TASK_INTERRUPTIONS = Counter(
 LEASE_TAKEOVERS = Counter(
     "workflow_lease_takeovers",
     "Executions this engine took over from an engine that stopped renewing its lease.",
-)
-HTTP_REQUESTS = Counter(
-    "workflow_http_requests",
-    "HTTP requests answered, by route template (or other), method and status code.",
-    ["route", "method", "code"],
-)
-HTTP_DURATION = Histogram(
-    "workflow_http_request_duration_seconds",
-    "Seconds from a request's arrival to the end of its answer, by route template and method.",
-    ["route", "method"],
-    buckets=REQUEST_BUCKETS,
 )
 GRPC_REQUESTS = Counter(
     "workflow_grpc_requests",

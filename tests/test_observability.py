@@ -17,8 +17,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from graphql_api.request_metrics import REQUESTS
 from models.logs import EXECUTION_ID, TASK_ID, JsonFormatter
-from models.metrics import GRPC_REQUESTS, HTTP_DURATION, HTTP_REQUESTS
+from models.metrics import GRPC_REQUESTS
 from tests.executions import TERMINAL, execute, make_workflow, noop, wait_until_done
 from tests.live_server import (
     cli_process,
@@ -185,7 +186,7 @@ async def test_grpc_and_worker_serve_their_own_metrics(shared_env: dict[str, str
 def _count(name: str, **labels: str) -> float:
     """A sample of the request families, read from them alone (the whole registry's collection
     would start a count of pending executions, a query other tests' counters could catch)."""
-    for family in (HTTP_REQUESTS, HTTP_DURATION, GRPC_REQUESTS):
+    for family in (REQUESTS, GRPC_REQUESTS):
         for metric in family.collect():
             for sample in metric.samples:
                 if sample.name == name and sample.labels == labels:
