@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import math
 import os
 import sys
@@ -230,10 +229,26 @@ def _print_json(value: Any) -> None:
 
 
 def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # SAQ logs two lines per job at INFO (enqueued, processing, finished): at hundreds of tasks
-    # a second that is most of a worker's output and a fifth of its CPU. `--verbose` shows them.
-    logging.getLogger("saq").setLevel(logging.INFO if verbose else logging.WARNING)
+    """Human lines, or JSON ones with WORKFLOW_LOG_FORMAT=json (models/logs.py); `--verbose`
+    shows SAQ's INFO lines (two per job)."""
+    from models.logs import configure
+
+    try:
+        configure(verbose)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _metrics(host: str, port: int | None) -> None:
+    """`--metrics-port`: this process's metrics on host:port (models/metrics.py)."""
+    if port is None:
+        return
+    from models.metrics import serve
+
+    try:
+        serve(host, port)
+    except OSError as exc:
+        raise UsageError(f"--metrics-port {port}: {exc}") from None
 
 
 def _tls(args: argparse.Namespace, grpc_side: bool) -> Any:
@@ -280,11 +295,14 @@ def _serve(args: argparse.Namespace) -> None:
             executor=args.executor, host=args.host, port=args.grpc_port, tls=tls
         )
     app = create_app(Settings.from_env(), embedded, host=args.host)
+    from models.logs import uvicorn_log_config
+
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         log_level="info",
+        log_config=uvicorn_log_config(),
         ssl_certfile=args.tls_cert,
         ssl_keyfile=args.tls_key,
     )
@@ -317,6 +335,7 @@ def _grpc(args: argparse.Namespace) -> None:
     _refuse_open_public_bind(args.host)
     tls = _tls(args, True)
     _logging()
+    _metrics(args.host, args.metrics_port)
     executor = "saq" if args.use_saq else "ray" if args.use_ray else "asyncio"
     _run(run_execution_service(Settings.from_env(), executor, args.host, args.port, tls))
 
@@ -334,6 +353,7 @@ def _worker(args: argparse.Namespace) -> None:
             f"workflow worker needs SAQ: pip install '{DISTRIBUTION}[saq]' ({error})"
         ) from None
     _logging(args.verbose)
+    _metrics(args.metrics_host, args.metrics_port)
     _run(run_worker(settings.redis_url, settings.redis_prefix, args.concurrency))
 
 
@@ -719,6 +739,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     where.add_argument("--use-ray", action="store_true", help="run tasks on a Ray cluster")
     _tls_options(grpc_server, grpc_side=True)
+    _metrics_option(grpc_server)
     grpc_server.set_defaults(handler=_grpc)
 
     worker = commands.add_parser("worker", help="run a SAQ worker (needs REDIS_URL)")
@@ -730,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--verbose", action="store_true", help="log every job SAQ processes (SAQ's INFO lines)"
+    )
+    _metrics_option(worker)
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address --metrics-port listens on"
     )
     worker.set_defaults(handler=_worker)
 
@@ -880,6 +905,15 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_rm = _client(schedule_commands, "rm", "delete a schedule (admin)", _schedule)
     schedule_rm.add_argument("schedule_id", type=_int32, help="the schedule's id")
     return parser
+
+
+def _metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve this process's Prometheus metrics on this port (/metrics; no key asked)",
+    )
 
 
 def _tls_options(parser: argparse.ArgumentParser, grpc_side: bool) -> None:

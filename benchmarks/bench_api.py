@@ -386,10 +386,10 @@ def check_graphql(url: str, workflow_id: int, headers: dict[str, str] | None = N
 
 def cache_counters(url: str, headers: dict[str, str] | None = None) -> tuple[int, int]:
     text = httpx.get(f"{url}/metrics", timeout=10.0, headers=headers).text
-    counts = dict(re.findall(r"^(workflow_cache_\w+_total) (\d+)$", text, re.MULTILINE))
-    return int(counts.get("workflow_cache_hits_total", 0)), int(
-        counts.get("workflow_cache_misses_total", 0)
-    )
+    # Prometheus writes counters as floats ("12.0").
+    found = re.findall(r"^(workflow_cache_\w+_total) ([0-9.e+]+)$", text, re.MULTILINE)
+    counts = {name: int(float(value)) for name, value in found}
+    return counts.get("workflow_cache_hits_total", 0), counts.get("workflow_cache_misses_total", 0)
 
 
 def cache_backend(url: str) -> str:

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,12 +30,22 @@ import orjson
 
 from exec_service.actions.builtin import PermanentActionError, describe
 from exec_service.bus import CONTROL_CHANNEL, RESYNC, EventBus, execution_channel
+from exec_service.engine_metrics import ENGINES, action_label
 from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
 from models.db_unavailable import database_unavailable
 from models.executions import RunChange, now
 from models.inputs import DEFAULT_TASK_TIMEOUT_SECONDS
+from models.logs import EXECUTION_ID, TASK_ID, WORKFLOW_ID
+from models.metrics import (
+    EXECUTIONS_ENDED,
+    EXECUTIONS_STARTED,
+    LEASE_TAKEOVERS,
+    TASK_ATTEMPTS,
+    TASK_DURATION,
+    TASK_INTERRUPTIONS,
+)
 from models.outages import Outage
 from models.stages import stages as grouped
 from models.statuses import (
@@ -159,6 +170,8 @@ class Runner:
                     await self._fail(failure, cancelled)
                     return
         await self._write([], {"status": COMPLETED, "completed_at": now()})
+        EXECUTIONS_ENDED.labels(COMPLETED).inc()
+        log.debug("execution %s completed", self.execution.id)
 
     async def _run_stage(self, todo: list[TaskRun]) -> tuple[TaskFailed | None, list[TaskRun]]:
         if len(todo) == 1:
@@ -189,6 +202,14 @@ class Runner:
                 await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_task(self, run: TaskRun) -> None:
+        # For every log line while it runs (the runner's own task runs single tasks: reset).
+        token = TASK_ID.set(run.task_id)
+        try:
+            await self._run_task_attempts(run)
+        finally:
+            TASK_ID.reset(token)
+
+    async def _run_task_attempts(self, run: TaskRun) -> None:
         config = self.engine.config
         parameters = cast(dict[str, Any], run.parameters)
         rendered: dict[str, Any] | None = None
@@ -249,6 +270,8 @@ class Runner:
             # without a timeout of its own gets the default: nothing holds a slot for ever.
             timeout = run.timeout_seconds or DEFAULT_TASK_TIMEOUT_SECONDS
             deadline = asyncio.timeout(timeout)
+            action = action_label(run.action)
+            started = time.perf_counter()
             try:
                 async with deadline:
                     output = await self.engine.executor.run(
@@ -258,28 +281,53 @@ class Runner:
             except TimeoutError as exc:
                 # The task's own timeout, or a TimeoutError the action raised itself.
                 error = f"timed out after {timeout:g}s" if deadline.expired() else describe(exc)
+                outcome = "timed_out" if deadline.expired() else "failed"
             except asyncio.CancelledError:
+                # Cancelled (by a user, or a sibling's failure), or this engine is stopping and
+                # hands the execution over: the task runs again elsewhere.
+                outcome = "interrupted" if self.engine.stopping else "cancelled"
+                TASK_ATTEMPTS.labels(action, outcome).inc()
                 raise
             except TaskInterrupted as exc:
                 # Not the task's fault: run it again, as after a crash of this process.
+                TASK_ATTEMPTS.labels(action, "interrupted").inc()
+                TASK_INTERRUPTIONS.labels("executor").inc()
                 values = {"interruptions": run.interruptions + 1, "error": str(exc)}
                 await self._write([RunChange(run.id, (RUNNING,), values)], task=run)
                 interrupted = True
                 continue
             except PermanentActionError as exc:
+                self._attempt_ended(action, "failed", started)
                 raise TaskFailed(run, describe(exc)) from None  # another attempt cannot help
             except Exception as exc:
                 error = describe(exc)
+                outcome = "failed"
             else:
+                self._attempt_ended(action, "completed", started)
                 done = {"status": COMPLETED, "completed_at": now(), "output": output, "error": None}
                 await self._write([RunChange(run.id, (RUNNING,), done)], task=run)
                 return
+            self._attempt_ended(action, outcome, started)
             failures = attempt - run.interruptions
             if failures >= run.max_attempts:
                 raise TaskFailed(run, error)
             await self._write([RunChange(run.id, (RUNNING,), {"error": error})], task=run)
             delay = min(config.retry_base_seconds * 2 ** (failures - 1), config.retry_max_seconds)
+            log.info(
+                "task %s attempt %d of %d failed (%s); next in %.2g s",
+                run.task_id,
+                attempt,
+                run.max_attempts,
+                error,
+                delay,
+            )
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _attempt_ended(action: str, outcome: str, started: float) -> None:
+        """An attempt that got an answer: counted, and timed."""
+        TASK_ATTEMPTS.labels(action, outcome).inc()
+        TASK_DURATION.labels(action).observe(time.perf_counter() - started)
 
     def _template_context(self, run: TaskRun) -> dict[str, Any]:
         earlier = []
@@ -325,6 +373,8 @@ class Runner:
         await self._write(
             changes, {"status": FAILED, "completed_at": moment, "error": error}, task=failed
         )
+        EXECUTIONS_ENDED.labels(FAILED).inc()
+        log.info("execution %s failed: %s", self.execution.id, error)
 
     async def _write(
         self,
@@ -439,6 +489,7 @@ class Engine:
         self.database_outage = Outage(log, "the database (engine)")
 
     async def start(self) -> None:
+        ENGINES.started(self)
         self._background = [
             asyncio.create_task(self._lease_loop(), name="engine-leases"),
             asyncio.create_task(self._control_loop(), name="engine-control"),
@@ -448,6 +499,7 @@ class Engine:
     async def stop(self) -> None:
         """Stop every runner without writing, and hand their executions over at once."""
         self.stopping = True
+        ENGINES.stopped(self)
         starting = [self._starting] if self._starting is not None else []
         for task in [*self._background, *starting, *self.runners.values()]:
             task.cancel()
@@ -487,6 +539,9 @@ class Engine:
         finally:
             if not queued:
                 self._reserved -= 1
+        if new.created:
+            source = "trigger" if (triggered_by or "").startswith("trigger:") else "api"
+            EXECUTIONS_STARTED.labels(source).inc()
         if new.created and (queued or new.waiting):
             self._backlog = True
             self.start_pending()
@@ -547,6 +602,7 @@ class Engine:
         new = await store.retry_execution(
             execution_id, self.owner, self.config.lease_seconds, triggered_by, pending=queued
         )
+        EXECUTIONS_STARTED.labels("retry").inc()
         if new.waiting:
             self._backlog = True
             self.start_pending()
@@ -557,6 +613,8 @@ class Engine:
     async def cancel(self, execution_id: int) -> dict[str, Any]:
         """Cancel wherever it runs. Raises NotFound. Returns the execution as it now is."""
         if await store.cancel(execution_id):
+            EXECUTIONS_ENDED.labels(CANCELLED).inc()
+            log.info("execution %s cancelled", execution_id, extra={"execution_id": execution_id})
             snapshot = await self._announce(execution_id)
             # The owner (maybe another process) stops its tasks; its writes are fenced anyway.
             await self.bus.publish(CONTROL_CHANNEL, json.dumps({"cancel": execution_id}).encode())
@@ -627,6 +685,9 @@ class Engine:
             execution, runs = loaded
             if execution.lease_owner != self.owner:
                 return False
+            # Every log line of this runner (its own task and those it starts) says which.
+            EXECUTION_ID.set(execution_id)
+            WORKFLOW_ID.set(execution.workflow_id)
             runner = self._live[execution_id] = Runner(self, execution, runs)
             try:
                 await runner.run()
@@ -635,12 +696,20 @@ class Engine:
                     del self._live[execution_id]
             return True
         except Fenced:
-            log.info("execution %s moved on without us (cancelled or taken over)", execution_id)
+            log.info(
+                "execution %s moved on without us (cancelled or taken over)",
+                execution_id,
+                extra={"execution_id": execution_id},
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
             # The lease lapses and another round (here or elsewhere) resumes it.
-            log.exception("execution %s stopped unexpectedly", execution_id)
+            log.exception(
+                "execution %s stopped unexpectedly",
+                execution_id,
+                extra={"execution_id": execution_id},
+            )
         return False
 
     async def _lease_loop(self) -> None:
@@ -665,7 +734,12 @@ class Engine:
                         self.owner, self.config.lease_seconds, CLAIM_BATCH
                     )
                 for execution_id in claimed:
-                    log.info("took over execution %s", execution_id)
+                    LEASE_TAKEOVERS.inc()
+                    log.info(
+                        "took over execution %s",
+                        execution_id,
+                        extra={"execution_id": execution_id},
+                    )
                     self.spawn(execution_id)
                 # Executions left pending by another engine (or one that died) start here too.
                 # (Without raising the backlog flag: new executions keep their fast path.)

@@ -15,6 +15,7 @@ from exec_service.engine import Engine
 from models import schedules
 from models.db_unavailable import database_unavailable
 from models.executions import now
+from models.metrics import EXECUTIONS_STARTED
 from models.outages import Outage
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Scheduler:
                 execution_id = await schedules.take_tick(schedule, moment, self.engine.owner)
                 if execution_id is not None:
                     made += 1
+                    EXECUTIONS_STARTED.labels("schedule").inc()
                     log.info(
                         "schedule %d started execution %d",
                         schedule.id,

@@ -18,6 +18,7 @@ from exec_service.authz import AuthInterceptor, method_roles
 from exec_service.bus import EventBus, make_bus
 from exec_service.engine import Engine, EngineConfig
 from exec_service.executors import Executor, make_executor
+from exec_service.grpc_metrics import GrpcMetrics
 from exec_service.pruner import Pruner
 from exec_service.rate_limit import StartRate
 from exec_service.scheduler import Scheduler
@@ -117,7 +118,9 @@ class ExecutionService:
             self.engine, self.bus, self.authenticator, StartRate(settings.max_starts_per_second)
         )
         roles = method_roles(SERVICE_NAME, servicer)
-        server = grpc.aio.server(interceptors=[AuthInterceptor(self.authenticator, roles)])
+        # Metrics first: they count the calls the authentication refuses too.
+        interceptors = [GrpcMetrics(), AuthInterceptor(self.authenticator, roles)]
+        server = grpc.aio.server(interceptors=interceptors)
         execution_pb2_grpc.add_WorkflowExecutionServicer_to_server(servicer, server)
         health_servicer = health.HealthServicer()
         for name in ("", SERVICE_NAME):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -21,9 +22,12 @@ from saq.types import Context, PartialTimersDict
 
 from exec_service import actions
 from exec_service.actions.builtin import failure
+from exec_service.engine_metrics import action_label
 from exec_service.redis_client import redis_client
 from exec_service.saq_queue import IN_JOB_SLOT, TaskQueue
 from exec_service.types import TaskRequest
+from models.logs import EXECUTION_ID, TASK_ID
+from models.metrics import WORKER_DURATION, WORKER_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +45,26 @@ TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, 
 
 async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
     """Run one attempt of a task; answer {"ok": True, "output": ...} or {"ok": False, ...}."""
+    # Each job runs in a task of its own: these hold for its log lines only.
+    EXECUTION_ID.set(request["execution_id"])
+    TASK_ID.set(request["task_id"])
     heartbeat = Heartbeat(ctx["job"])
+    started, outcome = time.perf_counter(), "cancelled"
     try:
         action = actions.get(request["action"])
         output = await action(dict(request["parameters"]))
+        outcome = "completed"
     except asyncio.CancelledError:
         raise  # aborted by the engine (cancel, timeout): SAQ records it
     except Exception as exc:
+        outcome = "failed"
         return failure(exc)
     finally:
         await heartbeat.stop()
+        # What this worker did (the engine counts attempts as it saw them, in its process).
+        label = action_label(request["action"])
+        WORKER_TASKS.labels(label, outcome).inc()
+        WORKER_DURATION.labels(label).observe(time.perf_counter() - started)
     return {"ok": True, "output": output}
 
 
@@ -120,6 +134,11 @@ class TaskWorker(Worker[Context]):
 
     async def stop(self) -> None:
         self.tasks_queue.worker_stopping = True
+        if self.job_task_contexts:
+            log.info(
+                "stopping: %d jobs in flight are cut short and run again",
+                len(self.job_task_contexts),
+            )
         await super().stop()
         await self.tasks_queue.give_back()
 
@@ -139,13 +158,29 @@ class _QuietDuringOutages(logging.Filter):
         return not isinstance(error, RedisError | OSError)
 
 
+class _QuietOnStop(logging.Filter):
+    """Drops SAQ's "Some tasks did not finish within the shutdown grace period" on every stop.
+    Its worker waits for its tasks for a grace period, which we leave at 0: a job cut short is
+    handed back and run again (TaskWorker.stop). But its job slots and timers never finish by
+    themselves, so even an idle worker "did not finish" and said so on each normal stop; SAQ
+    has no switch for it. TaskWorker.stop says instead how many jobs were in flight, if any.
+    (SAQ's warning that tasks did not finish their cancellation stays: that one is news.)"""
+
+    MESSAGE = "Some tasks did not finish within the shutdown grace period, requesting cancellation"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != self.MESSAGE
+
+
 _QUIET = _QuietDuringOutages()
+_QUIET_ON_STOP = _QuietOnStop()
 
 
 def make_worker(queue: TaskQueue, concurrency: int, embedded: bool = False) -> Worker[Context]:
     saq_log = logging.getLogger("saq")
-    if _QUIET not in saq_log.filters:
-        saq_log.addFilter(_QUIET)
+    for quiet in (_QUIET, _QUIET_ON_STOP):
+        if quiet not in saq_log.filters:
+            saq_log.addFilter(quiet)
     kind = EmbeddedWorker if embedded else TaskWorker
     return kind(
         queue,

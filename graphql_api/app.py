@@ -32,6 +32,7 @@ from graphql_api.fast_graphql import FastGraphQLReads
 from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.json_only import JsonOnly
 from graphql_api.loaders import executions_loader
+from graphql_api.request_metrics import RequestMetrics
 from graphql_api.schema import schema
 from graphql_api.validation_errors import validation_error
 from models import api_keys
@@ -262,6 +263,8 @@ def create_app(
     # A database that does not answer is 503, wherever it was found (the middlewares above
     # read it too).
     app.add_middleware(DatabaseUnavailable)
-    # ...nor a request addressed to another name (added last, so it runs first).
+    # ...nor a request addressed to another name (added after those, so it runs before them).
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, host))
+    # Counts and times every answer, refusals included (outermost).
+    app.add_middleware(RequestMetrics)
     return app

@@ -36,6 +36,7 @@ from graphql import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graphql_api.inputs import parse_id
+from graphql_api.request_metrics import ROUTE
 from graphql_api.schema import LIMIT_RULES, MAX_TOKENS, schema
 from models import workflows as store
 from models.db_unavailable import database_unavailable
@@ -224,6 +225,7 @@ class FastGraphQLReads:
             return  # the client left, or the body limit outside us has answered 413
         answer = await self._answer(body)
         if answer is not None:
+            scope[ROUTE] = self.path  # for the request metrics: the route answered here
             await _send(send, answer)
             return
         await self.app(scope, _replay(body, receive), send)

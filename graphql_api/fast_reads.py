@@ -12,12 +12,15 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from graphql_api.request_metrics import ROUTE
 from models import workflows as store
 from models.errors import NotFound
 
 # Only plain decimal ids: anything else (422 for the path parameter, ...) is the route's to say.
 WORKFLOW_PATH = re.compile(r"/workflows/([0-9]{1,20})/?")
 NOT_FOUND_BODY = b'{"detail":"Workflow not found"}'
+# The template of the route answered here (request metrics).
+WORKFLOW_ROUTE = "/workflows/{workflow_id}"
 
 
 class FastWorkflowReads:
@@ -28,6 +31,7 @@ class FastWorkflowReads:
         if scope["type"] == "http" and scope["method"] == "GET":
             match = WORKFLOW_PATH.fullmatch(scope["path"])
             if match is not None:
+                scope[ROUTE] = WORKFLOW_ROUTE
                 try:
                     status, body = 200, await store.get_workflow_json(int(match.group(1)))
                 except NotFound:

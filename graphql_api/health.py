@@ -1,4 +1,4 @@
-"""`/healthz` and `/metrics` (Prometheus text).
+"""`/healthz` and `/metrics` (Prometheus text, from prometheus_client's registry).
 
 `/healthz` (no role needed) answers 200 `ok` when the database and the cache answer; 200
 `degraded` when only the cache (Redis) is down and nothing in this process needs it to work
@@ -12,9 +12,11 @@ import logging
 from collections.abc import Awaitable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from graphql_api.auth import needs
+from models import metrics as _metrics  # noqa: F401 (registers the families and collectors)
 from models.access import Role
 from models.cache import current_cache
 from models.db import ping_database
@@ -71,17 +73,6 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", dependencies=[needs(Role.VIEWER)])
-async def metrics() -> PlainTextResponse:
-    cache = current_cache()
-    lines = [
-        "# HELP workflow_cache_hits_total Reads answered from the cache.",
-        "# TYPE workflow_cache_hits_total counter",
-        f"workflow_cache_hits_total {cache.hits}",
-        "# HELP workflow_cache_misses_total Reads that went to the database and filled the cache.",
-        "# TYPE workflow_cache_misses_total counter",
-        f"workflow_cache_misses_total {cache.misses}",
-        "# HELP workflow_cache_errors_total Cache operations that failed (Redis unreachable).",
-        "# TYPE workflow_cache_errors_total counter",
-        f"workflow_cache_errors_total {cache.errors}",
-    ]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+async def metrics() -> Response:
+    """This process's registry (models/metrics.py lists the families)."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -278,6 +278,11 @@ def set_cache(cache: Cache | None) -> None:
     _current = cache
 
 
+def configured_cache() -> Cache | None:
+    """This process's cache, or None where none is configured (the execution service)."""
+    return _current
+
+
 def current_cache() -> Cache:
     if _current is None:
         raise RuntimeError("the cache is not configured: call set_cache() at start-up")

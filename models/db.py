@@ -8,7 +8,7 @@ from typing import Any
 from tortoise import Tortoise, connections
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
-from tortoise.context import TortoiseContext
+from tortoise.context import TortoiseContext, get_current_context
 from tortoise.migrations.api import migrate
 
 from models.db_unavailable import quiet_pool_during_outages
@@ -89,7 +89,11 @@ async def start_database(database_url: str) -> None:
     quiet_pool_during_outages()
     config = tortoise_config(database_url)
     await migrate(config=config)
-    await Tortoise.close_connections()
+    # The migration's connections, closed. (Not Tortoise.close_connections(), which does the
+    # same and then logs "Tortoise-ORM shutdown": a misleading first line of every start.)
+    migrating = get_current_context()
+    if migrating is not None:
+        await migrating.close_connections()
     # Global fallback: requests served on other tasks (uvicorn, gRPC) see the same ORM state
     # instead of "No TortoiseContext is currently active".
     _context = await Tortoise.init(config=config, _enable_global_fallback=True)

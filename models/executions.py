@@ -24,6 +24,7 @@ from models.batched_changes import batcher
 from models.db import BATCHED_CONNECTION
 from models.errors import WORKFLOW_NOT_FOUND, Conflict, NotFound
 from models.inputs import INT32_MAX
+from models.metrics import TASK_INTERRUPTIONS
 from models.statuses import (
     CANCELLED,
     COMPLETED,
@@ -596,13 +597,20 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
             if not won:
                 continue
             await _bump_version(connection, candidate["id"], owner, (IN_PROGRESS,))
-            await (
+            interrupted = await (
                 TaskRun.filter(execution_id=candidate["id"], status=RUNNING)
                 .using_db(connection)
                 .update(status=PENDING, interruptions=F("interruptions") + 1)
             )
         claimed.append(int(candidate["id"]))
+        if interrupted:
+            TASK_INTERRUPTIONS.labels("takeover").inc(interrupted)
     return claimed
+
+
+async def count_pending() -> int:
+    """How many executions wait `pending` (for the metrics)."""
+    return await Execution.filter(status=PENDING).count()
 
 
 # The look for pending executions that may start: oldest first, leaving out those whose

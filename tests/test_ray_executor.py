@@ -166,3 +166,5 @@ async def test_start_keeps_the_sigterm_handler(executor: RayExecutor) -> None:
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode().strip() == "sigterm handler kept"
+    # Ray's C++ crash handler does not see a SIGTERM (it printed a stack on every stop).
+    assert "SIGTERM received" not in stderr.decode(), stderr.decode()

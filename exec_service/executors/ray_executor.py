@@ -113,11 +113,11 @@ class RayExecutor:
         # handler with one that calls sys.exit; from a worker thread it leaves it alone.
         await asyncio.to_thread(self._init)
         self._owns_ray = True
-        if (
-            threading.current_thread() is threading.main_thread()
-            and previous is not None
-            and signal.getsignal(signal.SIGTERM) is not previous
-        ):
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            # Set again even when Python still shows it: Ray's C++ core installs a crash
+            # handler of its own below Python's (absl's failure signal handler, on SIGSEGV,
+            # SIGABRT... and SIGTERM), which printed a stack trace, twice, on every normal
+            # stop before handing the signal on. It keeps the crash signals.
             signal.signal(signal.SIGTERM, previous)
 
     def _init(self) -> None:
