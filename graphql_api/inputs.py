@@ -46,7 +46,7 @@ def _task_data(task: TaskInput) -> dict[str, Any]:
         "description": task.description,
         "order": task.order,
         "execution_type": task.execution_type.value,
-        "parameters": task.parameters,
+        "parameters": task.parameters if task.parameters is not None else {},
         "action": task.action,
         "max_attempts": task.max_attempts,
         "timeout_seconds": task.timeout_seconds,

@@ -115,7 +115,9 @@ class TaskInput:
     description: str | None = None
     execution_type: ExecutionType = ExecutionType.SYNC
     action: str = "noop"
-    parameters: JSON = strawberry.field(default_factory=dict)
+    # Null (the default) is {}: a default of {} itself cannot be shown by introspection
+    # (graphql-core cannot write a JSON object as a literal), which broke GraphiQL's schema.
+    parameters: JSON | None = None
     max_attempts: int = 1
     timeout_seconds: float | None = None
     when: str | None = None

@@ -212,3 +212,26 @@ async def test_a_hundred_workflows_with_tasks_cost_a_constant_number_of_queries(
         assert all(len(row["tasks"]) == 3 for row in rows)
         counts[limit] = len(sql_queries.statements)
     assert counts == {1: 2, 10: 2, 100: 2}  # the page, then every task of it at once
+
+
+async def test_the_full_introspection_query_answers_without_errors(
+    client: httpx.AsyncClient,
+) -> None:
+    # GraphiQL asks it for its docs and completion; a default graphql-core cannot write as a
+    # literal (TaskInput.parameters once defaulted to {}) made it answer "Unexpected error.".
+    from graphql import get_introspection_query
+
+    answer = await client.post("/graphql", json={"query": get_introspection_query()})
+    assert answer.status_code == 200, answer.text
+    assert "errors" not in answer.json(), answer.json()["errors"]
+    assert answer.json()["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+async def test_a_task_without_parameters_gets_an_empty_object(client: httpx.AsyncClient) -> None:
+    mutation = (
+        'mutation { createWorkflow(input: {name: "p", tasks: [{name: "a", order: 1}, '
+        '{name: "b", order: 2, parameters: null}]}) { tasks { name parameters } } }'
+    )
+    made = (await client.post("/graphql", json={"query": mutation})).json()
+    tasks = made["data"]["createWorkflow"]["tasks"]
+    assert [task["parameters"] for task in tasks] == [{}, {}]
