@@ -34,7 +34,7 @@ from exec_service.engine_metrics import ENGINES, action_label
 from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
-from models.db_unavailable import database_unavailable
+from models.db_unavailable import database_unavailable, round_failed
 from models.executions import RunChange, now
 from models.inputs import DEFAULT_TASK_TIMEOUT_SECONDS
 from models.logs import EXECUTION_ID, TASK_ID, WORKFLOW_ID
@@ -747,10 +747,8 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if database_unavailable(exc):
-                    self.database_outage.failed(exc, "leases are renewed once it is back")
-                else:
-                    log.exception("lease round failed; trying again")
+                renewed_later = "leases are renewed once it is back"
+                round_failed(exc, "lease round", self.database_outage, renewed_later, log)
             await asyncio.sleep(interval)
 
     async def _control_loop(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from models.db_unavailable import round_failed
+from models.outages import Outage
 from models.retention import cutoff, prune
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ class Pruner:
         self.retention_seconds = retention_seconds
         self.every_seconds = every_seconds
         self._task: asyncio.Task[None] | None = None
+        self.outage = Outage(log, "the database (pruner)")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="execution-pruner")
@@ -34,10 +37,12 @@ class Pruner:
         while True:
             try:
                 deleted = await prune(cutoff(self.retention_seconds), rest=PRUNE_REST)
+                self.outage.answered()
                 if deleted:
                     log.info("pruned %d ended executions", deleted)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("pruning failed; trying again next round")
+            except Exception as exc:
+                waiting = "ended executions wait to be deleted"
+                round_failed(exc, "pruning", self.outage, waiting, log)
             await asyncio.sleep(self.every_seconds)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
 from exec_service.engine import Engine
 from models import schedules
-from models.db_unavailable import database_unavailable
+from models.db_unavailable import round_failed
 from models.executions import now
 from models.metrics import EXECUTIONS_STARTED
 from models.outages import Outage
@@ -40,12 +41,13 @@ class Scheduler:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def run_due(self) -> int:
-        """Take every due tick; how many executions this service made."""
-        made = 0
+    async def run_due(self) -> datetime | None:
+        """Take every due tick; answer the next tick after them (None: no enabled schedule)."""
         while True:
             moment = now()
-            due = await schedules.due(moment, BATCH)
+            upcoming = await schedules.next_ticks(BATCH)
+            due = [schedule for schedule in upcoming if schedule.next_run_at <= moment]
+            made = 0
             for schedule in due:
                 execution_id = await schedules.take_tick(schedule, moment, self.engine.owner)
                 if execution_id is not None:
@@ -59,22 +61,21 @@ class Scheduler:
                     )
             if made:
                 self.engine.start_pending()
-            if len(due) < BATCH:
-                return made
+            if len(due) < len(upcoming):
+                return upcoming[len(due)].next_run_at
+            if len(upcoming) < BATCH:
+                # All were due and taken (or moved on by another service): look once more.
+                return None if not upcoming else moment
 
     async def _loop(self) -> None:
         while True:
             try:
-                await self.run_due()
-                earliest = await schedules.earliest_tick()
+                earliest = await self.run_due()
                 self.outage.answered()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if database_unavailable(exc):
-                    self.outage.failed(exc, "schedule ticks wait for it")
-                else:
-                    log.exception("taking schedule ticks failed; trying again")
+                round_failed(exc, "taking schedule ticks", self.outage, "ticks wait for it", log)
                 earliest = None
             wait = self.poll_seconds
             if earliest is not None:

@@ -119,12 +119,19 @@ async def _answer(context: grpc.aio.ServicerContext[Any, Any], call: Awaitable[T
     except WorkflowError as exc:
         await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
     except Exception as exc:
-        if database_unavailable(exc):
-            # Clients retry UNAVAILABLE (grpc's own retry policies do).
-            await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-        log.exception("unexpected error in a gRPC call")
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        await _abort_unexpected(context, exc, "a gRPC call")
     raise AssertionError("abort() raises")  # pragma: no cover
+
+
+async def _abort_unexpected(
+    context: grpc.aio.ServicerContext[Any, Any], error: Exception, where: str
+) -> None:
+    """End the call for an error we did not raise on purpose: UNAVAILABLE when the database
+    does not answer (clients retry it, grpc's own retry policies too), else INTERNAL, logged."""
+    if database_unavailable(error):
+        await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+    log.exception("unexpected error in %s", where)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
 class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
@@ -216,8 +223,6 @@ class WorkflowExecutionServicer(pb_grpc.WorkflowExecutionServicer):
         except WorkflowError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
         except Exception as exc:
-            if database_unavailable(exc):
-                # Before the first state was read: the client watches again (UNAVAILABLE).
-                await context.abort(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-            log.exception("unexpected error in WatchExecution")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            # (The database away before the first read: UNAVAILABLE, and the client watches
+            # again; later reads wait for it, see exec_service.watch.)
+            await _abort_unexpected(context, exc, "WatchExecution")

@@ -12,6 +12,8 @@ import logging
 import asyncpg
 from tortoise.exceptions import DBConnectionError
 
+from models.outages import Outage
+
 # What a client is told, and after how many seconds it should try again.
 UNAVAILABLE_MESSAGE = "The database is not reachable at the moment; try again shortly"
 RETRY_AFTER_SECONDS = 5
@@ -30,6 +32,18 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
 )
+
+
+def round_failed(
+    error: BaseException, what: str, outage: Outage, consequence: str, log: logging.Logger
+) -> None:
+    """A background round (`what`: lease renewal, schedule ticks, pruning) failed. A database
+    that does not answer is an outage, warned of once with its `consequence`; anything else is
+    logged with its stack. Either way the caller tries again next round."""
+    if database_unavailable(error):
+        outage.failed(error, consequence)
+    else:
+        log.exception("%s failed; trying again next round", what)
 
 
 def database_unavailable(error: BaseException) -> bool:

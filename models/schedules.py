@@ -109,18 +109,10 @@ async def delete_schedule(schedule_id: int) -> None:
         raise NotFound(SCHEDULE_NOT_FOUND)
 
 
-async def due(moment: datetime, limit: int) -> list[Schedule]:
-    """Enabled schedules whose tick has come, the most overdue first."""
-    return (
-        await Schedule.filter(enabled=True, next_run_at__lte=moment)
-        .order_by("next_run_at")
-        .limit(limit)
-    )
-
-
-async def earliest_tick() -> datetime | None:
-    row = await Schedule.filter(enabled=True).order_by("next_run_at").first()
-    return row.next_run_at if row is not None else None
+async def next_ticks(limit: int) -> list[Schedule]:
+    """Enabled schedules by their next tick, the soonest (or most overdue) first: the due ones,
+    then the one the scheduler waits for (one indexed read for both)."""
+    return await Schedule.filter(enabled=True).order_by("next_run_at").limit(limit)
 
 
 def tick_key(schedule_id: int, tick: datetime) -> str:
