@@ -292,7 +292,15 @@ class Runner:
                 # Not the task's fault: run it again, as after a crash of this process.
                 TASK_ATTEMPTS.labels(action, "interrupted").inc()
                 TASK_INTERRUPTIONS.labels("executor").inc()
-                values = {"interruptions": run.interruptions + 1, "error": str(exc)}
+                # The call did not count: `attempts` stays at the attempts that got an answer
+                # (never above max_attempts), and the run waits out its pause as pending, as
+                # after a take-over, so a crash in the pause does not count it twice.
+                values = {
+                    "status": PENDING,
+                    "attempts": attempt - 1,
+                    "interruptions": run.interruptions + 1,
+                    "error": str(exc),
+                }
                 await self._write([RunChange(run.id, (RUNNING,), values)], task=run)
                 interrupted = True
                 continue
@@ -308,7 +316,7 @@ class Runner:
                 await self._write([RunChange(run.id, (RUNNING,), done)], task=run)
                 return
             self._attempt_ended(action, outcome, started)
-            failures = attempt - run.interruptions
+            failures = attempt  # interrupted calls are taken back out of `attempts`
             if failures >= run.max_attempts:
                 raise TaskFailed(run, error)
             await self._write([RunChange(run.id, (RUNNING,), {"error": error})], task=run)

@@ -600,7 +600,13 @@ async def claim_expired(owner: str, lease_seconds: float, limit: int) -> list[in
             interrupted = await (
                 TaskRun.filter(execution_id=candidate["id"], status=RUNNING)
                 .using_db(connection)
-                .update(status=PENDING, interruptions=F("interruptions") + 1)
+                # The cut-short call is not an attempt: `attempts` counts calls that got an
+                # answer, so it never passes max_attempts however often a process dies.
+                .update(
+                    status=PENDING,
+                    interruptions=F("interruptions") + 1,
+                    attempts=F("attempts") - 1,
+                )
             )
         claimed.append(int(candidate["id"]))
         if interrupted:

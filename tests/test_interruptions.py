@@ -65,6 +65,8 @@ async def test_an_interrupted_task_runs_again_after_a_pause_without_spending_att
     assert time.monotonic() - started >= 3.0
     flaky = by_name(final)["flaky"]
     assert flaky.status == "completed"
+    # Three calls, one attempt: the interrupted calls are not counted against max_attempts (1).
+    assert flaky.attempts == 1
 
 
 async def test_a_task_that_keeps_being_interrupted_fails_past_its_budget(
@@ -84,3 +86,4 @@ async def test_a_task_that_keeps_being_interrupted_fails_past_its_budget(
     lost = by_name(final)["lost"]
     assert "interrupted 4 times" in lost.error, lost.error
     assert "WORKFLOW_INTERRUPTION_BUDGET" in lost.error
+    assert lost.attempts == 0  # no call got an answer

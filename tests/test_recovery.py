@@ -138,6 +138,8 @@ def test_a_killed_server_loses_nothing(server_env: dict[str, str], signal_name: 
     for execution_id, execution in final.items():
         for task in execution["tasks"]:
             assert task["status"] == "completed"
+            # A call the kill cut short is not an attempt: never above max_attempts (1).
+            assert task["attempts"] == 1, (execution_id, task)
             assert record.count(label(index[execution_id], task["name"], signal_name)) >= 1
 
 
