@@ -24,7 +24,6 @@ from strawberry.types import ExecutionContext
 from graphql_api.auth import Needs
 from graphql_api.exec_client import ExecutionClient
 from graphql_api.inputs import parse_id, task_create, workflow_create, workflow_update
-from graphql_api.paced import paced
 from graphql_api.query_cost import CostLimits, cost_rule
 from graphql_api.schedule_fields import ScheduleMutation, ScheduleQuery
 from graphql_api.types import (
@@ -53,6 +52,7 @@ from models.errors import Unavailable, WorkflowError
 from models.inputs import MAX_TASKS_PER_WORKFLOW, execution_input
 from models.inputs import idempotency_key as idempotency_key_of
 from models.outages import Outage
+from models.pacing import paced
 from models.schedules import MAX_SCHEDULES_PER_WORKFLOW
 
 log = logging.getLogger(__name__)

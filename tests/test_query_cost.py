@@ -5,6 +5,7 @@ what Strawberry refuses."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -12,10 +13,10 @@ import pytest
 from graphql import get_introspection_query, parse
 
 from graphql_api import fast_graphql, query_cost
-from graphql_api import paced as paced_module
 from graphql_api import schema as schema_module
 from graphql_api.query_cost import QUERY_TOO_COSTLY, CostLimits, cost_rule, document_cost
 from graphql_api.schema import COST_LIMITS, MAX_QUERY_COST, schema
+from models import pacing as paced_module
 
 
 # Issue #16, as sent: thirty aliases of a thousand workflows' tasks' parameters.
@@ -197,13 +198,7 @@ async def test_the_fast_path_refuses_what_strawberry_refuses(
     assert error["extensions"] == {"code": QUERY_TOO_COSTLY, "cost": 1_003, "maximum": 1_000}
 
 
-@pytest.mark.parametrize(("slice_seconds", "turns"), [(0.0, 10), (60.0, 0)])
-async def test_long_lists_give_the_loop_a_turn_per_slice(
-    monkeypatch: pytest.MonkeyPatch, slice_seconds: float, turns: int
-) -> None:
-    """Pages are handed to the executor item by item; once a slice has passed, the loop runs
-    something else before the next item (here: every item when the slice is 0)."""
-    monkeypatch.setattr(paced_module, "PACE_SECONDS", slice_seconds)
+async def test_a_short_list_never_waits() -> None:
     ticks = 0
     done = False
 
@@ -220,4 +215,38 @@ async def test_long_lists_give_the_loop_a_turn_per_slice(
     done = True
     await running
     assert items == [str(n) for n in range(10)]
-    assert ticks - started == turns
+    assert ticks == started  # not one turn given away
+
+
+async def test_paced_lists_share_one_slice_per_turn_of_the_loop() -> None:
+    """Ten lists completed at once (as graphql-core completes a page's nested lists) hold the
+    loop one slice between two turns, not ten: each item costs 2 ms, the lists 1 s together."""
+
+    def costly(number: int) -> int:
+        until = time.perf_counter() + 0.002
+        while time.perf_counter() < until:
+            pass
+        return number
+
+    gaps: list[float] = []
+    done = False
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done:
+            await asyncio.sleep(0)
+            moment = time.perf_counter()
+            gaps.append(moment - last)
+            last = moment
+
+    async def drain() -> list[int]:
+        return [item async for item in paced_module.paced(range(50), costly)]
+
+    running = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    lists = await asyncio.gather(*(drain() for _ in range(10)))
+    done = True
+    await running
+    assert lists == [list(range(50))] * 10
+    # One slice (20 ms) and an item; a slice per list would be 200 ms.
+    assert max(gaps) < 0.1, sorted(gaps)[-5:]

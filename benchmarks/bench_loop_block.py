@@ -1,0 +1,181 @@
+"""How long one large read holds the server's event loop (issue 16: "no request can block the
+loop for more than ~100 ms").
+
+    .venv/bin/python benchmarks/bench_loop_block.py [--workflows 100] [--tasks 1000]
+        [--executions 20] [--rounds 3] [--database sqlite|postgres]
+
+Starts `workflow serve` (asyncio executor, in-process cache) on a fresh database, creates
+`--workflows` workflows of `--tasks` tasks each (the largest a workflow may have by default), and
+runs `--executions` executions of one of them to the end. Then, for each read below, a thread
+asks `/healthz` back to back while the read runs; a health answer that took long is time the
+loop spent on the read and nothing else. Prints, per read, the read's own time and the longest
+and the 99th-percentile health answer during it (the baseline: health answers with no read).
+
+Reads: the GraphQL page of workflows with every task field (first and again: the cache is then
+warm), the REST page of the same workflows (first and again), the GraphQL page of executions
+with their task runs, and the REST answer of one execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bench_execution import machine  # noqa: E402
+from tests.live_server import LiveServer, live_server  # noqa: E402
+
+WORKFLOWS_QUERY = """query($limit: Int!) { workflows(limit: $limit) { id name description
+  createdAt tasks { id name order executionType action parameters maxAttempts timeoutSeconds } }
+}"""
+EXECUTIONS_QUERY = """query($limit: Int!) { executions(limit: $limit) { id status startedAt
+  completedAt taskRuns { taskId name order status attempts output error } } }"""
+
+
+class HealthProbe:
+    """Asks /healthz back to back on its own thread, keeping (start, seconds) of each answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.answers: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as http:
+            while not self._stop.is_set():
+                started = time.perf_counter()
+                http.get("/healthz")
+                self.answers.append((started, time.perf_counter() - started))
+                time.sleep(0.002)  # a client's pace, not a spin
+
+    def during(self, start: float, end: float) -> list[float]:
+        """Answers that were under way at some moment of [start, end]."""
+        return [took for began, took in self.answers if began <= end and began + took >= start]
+
+
+def timed(probe: HealthProbe, read: Callable[[], httpx.Response]) -> tuple[float, list[float], int]:
+    time.sleep(0.3)  # a few baseline answers between reads
+    started = time.perf_counter()
+    answer = read()
+    ended = time.perf_counter()
+    answer.raise_for_status()
+    time.sleep(0.05)  # the answer under way when the read ended comes back
+    return ended - started, probe.during(started, ended), len(answer.content)
+
+
+def setup(server: LiveServer, args: argparse.Namespace) -> None:
+    with httpx.Client(base_url=server.url, timeout=120, trust_env=False) as http:
+        ids = []
+        for number in range(args.workflows):
+            tasks = [
+                {
+                    "name": f"task-{order}",
+                    "order": order,
+                    "execution_type": "async",
+                    "parameters": {"duration": 0, "note": f"workflow {number} task {order}"},
+                }
+                for order in range(1, args.tasks + 1)
+            ]
+            made = http.post("/workflows/", json={"name": f"wide-{number}", "tasks": tasks})
+            made.raise_for_status()
+            ids.append(made.json()["id"])
+        started = [
+            http.post(f"/workflows/{ids[0]}/execute").json()["id"] for _ in range(args.executions)
+        ]
+        deadline = time.monotonic() + 600
+        for execution_id in started:
+            while http.get(f"/executions/{execution_id}").json()["status"] != "completed":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"execution {execution_id} did not complete")
+                time.sleep(0.2)
+
+
+def run(server: LiveServer, args: argparse.Namespace) -> None:
+    http = httpx.Client(base_url=server.url, timeout=120, trust_env=False)
+
+    def graphql(query: str, limit: int) -> Callable[[], httpx.Response]:
+        body = {"query": query, "variables": {"limit": limit}}
+        return lambda: http.post("/graphql", json=body)
+
+    reads: list[tuple[str, Callable[[], httpx.Response]]] = [
+        ("GraphQL workflows(limit: 100), first", graphql(WORKFLOWS_QUERY, 100)),
+        ("GraphQL workflows(limit: 100), again", graphql(WORKFLOWS_QUERY, 100)),
+        ("REST /workflows/?limit=100, first", lambda: http.get("/workflows/?skip=1&limit=100")),
+        ("REST /workflows/?limit=100, again", lambda: http.get("/workflows/?skip=1&limit=100")),
+        ("GraphQL executions(limit: 100)", graphql(EXECUTIONS_QUERY, 100)),
+        ("REST /executions/1", lambda: http.get("/executions/1")),
+    ]
+    with HealthProbe(server.url) as probe:
+        time.sleep(1.0)
+        baseline = [took for _, took in probe.answers]
+        print(
+            f"health answers with no read: {len(baseline)}, median "
+            f"{statistics.median(baseline) * 1000:.1f} ms, longest {max(baseline) * 1000:.1f} ms"
+        )
+        print(f"{'read':40} {'bytes':>11} {'read ms':>9} {'longest health ms':>18} {'p99':>7}")
+        for round_number in range(args.rounds):
+            for name, read in reads:
+                if round_number and name.endswith("first"):
+                    continue  # only the first round is cold
+                took, health, size = timed(probe, read)
+                longest = max(health) * 1000 if health else 0.0
+                p99 = statistics.quantiles(health, n=100)[98] * 1000 if len(health) > 1 else longest
+                print(f"{name:40} {size:>11,} {took * 1000:>9.0f} {longest:>18.0f} {p99:>7.0f}")
+    http.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workflows", type=int, default=100)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--executions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    print(machine())
+    if args.database == "postgres":
+        from tests.services import fresh_postgres_database
+
+        async def hold() -> None:
+            async with fresh_postgres_database() as url:
+                await asyncio.to_thread(measure, url, args)
+
+        asyncio.run(hold())
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            measure(f"sqlite://{folder}/bench.sqlite3", args)
+
+
+def measure(url: str, args: argparse.Namespace) -> None:
+    with live_server(url) as server:
+        started = time.monotonic()
+        setup(server, args)
+        print(
+            f"{args.workflows} workflows of {args.tasks} tasks and {args.executions} executions "
+            f"made in {time.monotonic() - started:.0f} s"
+        )
+        run(server, args)
+
+
+if __name__ == "__main__":
+    main()
