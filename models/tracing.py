@@ -10,8 +10,9 @@ child of the attempt's, its context carried in the task's request (`trace_contex
 made inside a trace are spans of it too; made outside any trace (lease rounds, the bus, SAQ's
 polling), they are not recorded at all, or every command would be a trace of its own.
 
-Off, none of the SDK is imported (OpenTelemetry's API is: FastAPI imports it), and what the
-hot paths do is one look at `TRACER`, a module-level None.
+Off, none of the SDK's tracing, exporters or instrumentations is imported (the API is:
+FastAPI imports it; and redis-py 8 imports the SDK's metrics for its own, off unless
+configured), and what the hot paths do is one look at `TRACER`, a module-level None.
 
 Every process sets it up as it starts (cli.py: `serve`, `api`, `grpc`, `worker`; a Ray actor
 when its first call carries a context, with the OTEL_* variables its executor handed it).
