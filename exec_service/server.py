@@ -120,7 +120,7 @@ class ExecutionService:
         roles = method_roles(SERVICE_NAME, servicer)
         # Traces and metrics first: they see the calls the authentication refuses too.
         interceptors = [
-            *tracing.grpc_server_interceptors(),
+            *tracing.grpc_server_interceptors(SERVICE_NAME),
             GrpcMetrics(),
             AuthInterceptor(self.authenticator, roles),
         ]

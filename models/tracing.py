@@ -177,13 +177,16 @@ def grpc_client_interceptors() -> list[grpc.aio.ClientInterceptor] | None:
     return interceptors
 
 
-def grpc_server_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """A gRPC server's first interceptor: a server span per call, the caller's its parent."""
+def grpc_server_interceptors(service: str) -> list[grpc.aio.ServerInterceptor]:
+    """A gRPC server's first interceptor: a server span per call of `service` (its full name),
+    the caller's its parent. Of that service only: the instrumentation awaits what a handler
+    returns, and the standard health and reflection services' handlers are not coroutines."""
     if TRACER is None:
         return []
-    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-    return [aio_server_interceptor(tracer_provider=_provider)]  # type: ignore[no-untyped-call]
+    only = filters.service_name(service)
+    return [aio_server_interceptor(tracer_provider=_provider, filter_=only)]  # type: ignore[no-untyped-call]
 
 
 # What the engine does. The attributes are this project's: `workflow.*`.

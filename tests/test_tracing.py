@@ -12,10 +12,12 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -118,6 +120,13 @@ async def test_one_trace_from_the_http_request_through_grpc_and_the_engine_to_a_
         assert answer.status_code == 200, answer.text
         execution_id = answer.json()["id"]
         assert (await finished(saq_app, http, execution_id))["status"] == "completed"
+
+    # The standard services beside it still answer (their handlers are not coroutines).
+    target = f"127.0.0.1:{saq_app.state.exec_service.port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
     found = list(spans.get_finished_spans())
     request = one(found, f"POST /workflows/{workflow_id}/execute", SpanKind.SERVER)
