@@ -25,11 +25,12 @@ COPY cli.py ./
 
 # A regular (not editable) install: the `workflow` script runs the installed packages. With
 # the executors' extras, so that every role runs from this one image: `saq` for
-# `workflow worker` and `workflow grpc --use-saq`, `ray` for `workflow grpc --use-ray`.
+# `workflow worker` and `workflow grpc --use-saq`, `ray` for `workflow grpc --use-ray`, `otel`
+# for traces (on with OTEL_EXPORTER_OTLP_ENDPOINT).
 # Constrained by requirements.lock: the image runs the versions the tests ran.
 # /app stays root-owned except for the directory itself, which `app` may write: the default
 # DATABASE_URL is a SQLite file in the working directory.
-RUN pip install --no-cache-dir '.[saq,ray]' -c requirements.lock \
+RUN pip install --no-cache-dir '.[saq,ray,otel]' -c requirements.lock \
     && chown app:app /app
 
 USER app

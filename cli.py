@@ -251,6 +251,18 @@ def _metrics(host: str, port: int | None) -> None:
         raise UsageError(f"--metrics-port {port}: {exc}") from None
 
 
+def _tracing(service: str) -> None:
+    """OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is set (models/tracing.py);
+    `service` is the default `service.name`. Asked for without the otel extra, the server
+    does not start: it would run without the traces its operator set it up to send."""
+    from models import tracing
+
+    try:
+        tracing.configure(service)
+    except (tracing.TracingUnavailable, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _tls(args: argparse.Namespace, grpc_side: bool) -> Any:
     """The server's TLS files from --tls-cert/--tls-key (and --tls-client-ca), or None."""
     from exec_service.server import ServerTls
@@ -289,6 +301,7 @@ def _serve(args: argparse.Namespace) -> None:
     tls = _tls(args, grpc_side=args.command == "serve")
     _refuse_open_public_bind(args.host)
     _logging()
+    _tracing(f"workflow-{args.command}")
     embedded = None
     if args.command == "serve":
         embedded = EmbeddedExecution(
@@ -335,6 +348,7 @@ def _grpc(args: argparse.Namespace) -> None:
     _refuse_open_public_bind(args.host)
     tls = _tls(args, True)
     _logging()
+    _tracing("workflow-grpc")
     _metrics(args.host, args.metrics_port)
     executor = "saq" if args.use_saq else "ray" if args.use_ray else "asyncio"
     _run(run_execution_service(Settings.from_env(), executor, args.host, args.port, tls))
@@ -353,6 +367,7 @@ def _worker(args: argparse.Namespace) -> None:
             f"workflow worker needs SAQ: pip install '{DISTRIBUTION}[saq]' ({error})"
         ) from None
     _logging(args.verbose)
+    _tracing("workflow-worker")
     _metrics(args.metrics_host, args.metrics_port)
     _run(run_worker(settings.redis_url, settings.redis_prefix, args.concurrency))
 

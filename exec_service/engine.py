@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -34,6 +34,7 @@ from exec_service.engine_metrics import ENGINES, action_label
 from exec_service.executors import Executor, TaskInterrupted
 from exec_service.types import ExecutionEvent, TaskRequest
 from models import executions as store
+from models import tracing
 from models.db_unavailable import database_unavailable, round_failed
 from models.executions import RunChange, now
 from models.inputs import DEFAULT_TASK_TIMEOUT_SECONDS
@@ -62,6 +63,10 @@ from models.templates import TemplateFailed, evaluate_when, has_templates, rende
 from models.templates import context as template_context
 from models.workflows import iso
 
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
 log = logging.getLogger(__name__)
 
 # An action's output is stored with its run and sent to every watcher: keep it bounded.
@@ -72,6 +77,9 @@ DATABASE_RETRY_FIRST_SECONDS = 0.1
 DATABASE_RETRY_MAX_SECONDS = 2.0
 # Claims per lease round: a process that comes back to a backlog takes it over in steps.
 CLAIM_BATCH = 100
+# Trace contexts of executions queued by a request here, kept until they start (with tracing
+# on); the oldest are forgotten past this many (started elsewhere, they never come back).
+MAX_ORIGINS = 10_000
 
 
 @dataclass(frozen=True)
@@ -271,26 +279,36 @@ class Runner:
             timeout = run.timeout_seconds or DEFAULT_TASK_TIMEOUT_SECONDS
             deadline = asyncio.timeout(timeout)
             action = action_label(run.action)
+            request = self._request(run, attempt, parameters, timeout)
+            # Tracing off, this look at a None is all it costs (models/tracing.py).
+            span = tracing.attempt_started(request) if tracing.TRACER is not None else None
             started = time.perf_counter()
             try:
                 async with deadline:
-                    output = await self.engine.executor.run(
-                        self._request(run, attempt, parameters, timeout)
-                    )
+                    if span is None:
+                        output = await self.engine.executor.run(request)
+                    else:
+                        with tracing.current(span):
+                            output = await self.engine.executor.run(request)
                 output = _check_output(output)
             except TimeoutError as exc:
                 # The task's own timeout, or a TimeoutError the action raised itself.
                 error = f"timed out after {timeout:g}s" if deadline.expired() else describe(exc)
                 outcome = "timed_out" if deadline.expired() else "failed"
+                cause: BaseException | str = error if deadline.expired() else exc
             except asyncio.CancelledError:
                 # Cancelled (by a user, or a sibling's failure), or this engine is stopping and
                 # hands the execution over: the task runs again elsewhere.
                 outcome = "interrupted" if self.engine.stopping else "cancelled"
                 TASK_ATTEMPTS.labels(action, outcome).inc()
+                if span is not None:
+                    tracing.attempt_ended(span, outcome)
                 raise
             except TaskInterrupted as exc:
                 # Not the task's fault: run it again, as after a crash of this process.
                 TASK_ATTEMPTS.labels(action, "interrupted").inc()
+                if span is not None:
+                    tracing.attempt_ended(span, "interrupted", exc)
                 TASK_INTERRUPTIONS.labels("executor").inc()
                 # The call did not count: `attempts` stays at the attempts that got an answer
                 # (never above max_attempts), and the run waits out its pause as pending, as
@@ -305,17 +323,18 @@ class Runner:
                 interrupted = True
                 continue
             except PermanentActionError as exc:
-                self._attempt_ended(action, "failed", started)
+                self._attempt_ended(action, "failed", started, span, exc)
                 raise TaskFailed(run, describe(exc)) from None  # another attempt cannot help
             except Exception as exc:
                 error = describe(exc)
                 outcome = "failed"
+                cause = exc
             else:
-                self._attempt_ended(action, "completed", started)
+                self._attempt_ended(action, "completed", started, span)
                 done = {"status": COMPLETED, "completed_at": now(), "output": output, "error": None}
                 await self._write([RunChange(run.id, (RUNNING,), done)], task=run)
                 return
-            self._attempt_ended(action, outcome, started)
+            self._attempt_ended(action, outcome, started, span, cause)
             failures = attempt  # interrupted calls are taken back out of `attempts`
             if failures >= run.max_attempts:
                 raise TaskFailed(run, error)
@@ -332,10 +351,18 @@ class Runner:
             await asyncio.sleep(delay)
 
     @staticmethod
-    def _attempt_ended(action: str, outcome: str, started: float) -> None:
-        """An attempt that got an answer: counted, and timed."""
+    def _attempt_ended(
+        action: str,
+        outcome: str,
+        started: float,
+        span: Span | None,
+        error: BaseException | str | None = None,
+    ) -> None:
+        """An attempt that got an answer: counted, timed, and its span ended."""
         TASK_ATTEMPTS.labels(action, outcome).inc()
         TASK_DURATION.labels(action).observe(time.perf_counter() - started)
+        if span is not None:
+            tracing.attempt_ended(span, outcome, error)
 
     def _template_context(self, run: TaskRun) -> dict[str, Any]:
         earlier = []
@@ -495,6 +522,8 @@ class Engine:
         self._limited: set[int] = set()
         # One warning per database outage, however many writes wait in it.
         self.database_outage = Outage(log, "the database (engine)")
+        # With tracing on: the context of the request that queued each execution waiting here.
+        self._origins: dict[int, Context] = {}
 
     async def start(self) -> None:
         ENGINES.started(self)
@@ -551,11 +580,20 @@ class Engine:
             source = "trigger" if (triggered_by or "").startswith("trigger:") else "api"
             EXECUTIONS_STARTED.labels(source).inc()
         if new.created and (queued or new.waiting):
+            if tracing.TRACER is not None:
+                self._remember_origin(new.id)
             self._backlog = True
             self.start_pending()
         elif new.created and new.execution is not None:
-            self.spawn(new.id, (new.execution, new.runs))
+            self.spawn(new.id, (new.execution, new.runs), from_request=True)
         return new.id, new.created
+
+    def _remember_origin(self, execution_id: int) -> None:
+        """The current request's trace context, for the execution it queued: its run goes on
+        in that trace when it starts here (models/tracing.py)."""
+        if len(self._origins) >= MAX_ORIGINS:
+            del self._origins[next(iter(self._origins))]
+        self._origins[execution_id] = tracing.current_context()
 
     def _busy(self) -> int:
         """Executions running here, and those about to (room taken, not yet spawned)."""
@@ -612,10 +650,13 @@ class Engine:
         )
         EXECUTIONS_STARTED.labels("retry").inc()
         if new.waiting:
+            if tracing.TRACER is not None:
+                self._remember_origin(new.id)
             self._backlog = True
             self.start_pending()
         else:
-            self.spawn(new.id, (new.execution, new.runs) if new.execution is not None else None)
+            loaded = (new.execution, new.runs) if new.execution is not None else None
+            self.spawn(new.id, loaded, from_request=True)
         return new.id
 
     async def cancel(self, execution_id: int) -> dict[str, Any]:
@@ -643,14 +684,24 @@ class Engine:
         commit.add_done_callback(self._commits.discard)
 
     def spawn(
-        self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None = None
+        self,
+        execution_id: int,
+        loaded: tuple[Execution, list[TaskRun]] | None = None,
+        from_request: bool = False,
     ) -> None:
         """Run the execution here; `loaded` is its state as just written, if the caller has it
-        (else the runner reads it)."""
+        (else the runner reads it). `from_request`: started by the call being answered (its
+        trace goes on into the run, as it does for one it queued here; others, claimed from
+        elsewhere, taken over or started by a schedule, start a trace of their own)."""
         if execution_id in self.runners:
             return
+        origin = None
+        if tracing.TRACER is not None:
+            origin = self._origins.pop(execution_id, None)
+            if origin is None and from_request:
+                origin = tracing.current_context()
         task = asyncio.create_task(
-            self._run(execution_id, loaded), name=f"execution-{execution_id}"
+            self._run(execution_id, loaded, origin), name=f"execution-{execution_id}"
         )
         self.runners[execution_id] = task
         self._spawned_at[execution_id] = asyncio.get_running_loop().time()
@@ -683,8 +734,13 @@ class Engine:
         if task is not None:
             task.cancel()
 
-    async def _run(self, execution_id: int, loaded: tuple[Execution, list[TaskRun]] | None) -> bool:
-        """True when the execution reached its end here."""
+    async def _run(
+        self,
+        execution_id: int,
+        loaded: tuple[Execution, list[TaskRun]] | None,
+        origin: Context | None = None,
+    ) -> bool:
+        """True when the execution reached its end here. `origin`: the trace it belongs to."""
         try:
             if loaded is None:
                 loaded = await store.load_for_run(execution_id)
@@ -698,7 +754,14 @@ class Engine:
             WORKFLOW_ID.set(execution.workflow_id)
             runner = self._live[execution_id] = Runner(self, execution, runs)
             try:
-                await runner.run()
+                if tracing.TRACER is None:
+                    await runner.run()
+                else:
+                    with tracing.execution_span(
+                        execution_id, execution.workflow_id, origin
+                    ) as span:
+                        await runner.run()
+                        span.set_attribute("workflow.execution.status", execution.status)
             finally:
                 if self._live.get(execution_id) is runner:
                     del self._live[execution_id]

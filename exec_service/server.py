@@ -23,7 +23,7 @@ from exec_service.pruner import Pruner
 from exec_service.rate_limit import StartRate
 from exec_service.scheduler import Scheduler
 from exec_service.servicer import WorkflowExecutionServicer
-from models import api_keys
+from models import api_keys, tracing
 from models.access import Authenticator
 from models.settings import Settings
 from protos import execution_pb2, execution_pb2_grpc
@@ -118,8 +118,12 @@ class ExecutionService:
             self.engine, self.bus, self.authenticator, StartRate(settings.max_starts_per_second)
         )
         roles = method_roles(SERVICE_NAME, servicer)
-        # Metrics first: they count the calls the authentication refuses too.
-        interceptors = [GrpcMetrics(), AuthInterceptor(self.authenticator, roles)]
+        # Traces and metrics first: they see the calls the authentication refuses too.
+        interceptors = [
+            *tracing.grpc_server_interceptors(SERVICE_NAME),
+            GrpcMetrics(),
+            AuthInterceptor(self.authenticator, roles),
+        ]
         server = grpc.aio.server(interceptors=interceptors)
         execution_pb2_grpc.add_WorkflowExecutionServicer_to_server(servicer, server)
         health_servicer = health.HealthServicer()

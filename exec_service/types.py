@@ -16,6 +16,9 @@ class TaskRequest(TypedDict):
     parameters: dict[str, Any]
     attempt: int
     timeout_seconds: float | None
+    # The engine's attempt span, for the span where it runs (models/tracing.py): the W3C
+    # `traceparent` (and `tracestate`), when tracing is on.
+    trace_context: NotRequired[dict[str, str]]
 
 
 class Action(Protocol):

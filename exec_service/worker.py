@@ -26,6 +26,7 @@ from exec_service.engine_metrics import action_label
 from exec_service.redis_client import redis_client
 from exec_service.saq_queue import IN_JOB_SLOT, TaskQueue
 from exec_service.types import TaskRequest
+from models import tracing
 from models.logs import EXECUTION_ID, TASK_ID
 from models.metrics import WORKER_DURATION, WORKER_TASKS
 
@@ -45,6 +46,16 @@ TIMERS: PartialTimersDict = {"sweep": SWEEP_SECONDS, "abort": 1, "schedule": 1, 
 
 async def run_task(ctx: Context, *, request: TaskRequest) -> dict[str, Any]:
     """Run one attempt of a task; answer {"ok": True, "output": ...} or {"ok": False, ...}."""
+    if tracing.TRACER is None:
+        return await _run_task(ctx, request)
+    # A child of the engine's attempt span, whose context the request carries.
+    with tracing.task_run_span(request, "saq") as span:
+        answer = await _run_task(ctx, request)
+        tracing.answered(span, answer)
+        return answer
+
+
+async def _run_task(ctx: Context, request: TaskRequest) -> dict[str, Any]:
     # Each job runs in a task of its own: these hold for its log lines only.
     EXECUTION_ID.set(request["execution_id"])
     TASK_ID.set(request["task_id"])

@@ -35,7 +35,7 @@ from graphql_api.loaders import executions_loader
 from graphql_api.request_metrics import RequestMetrics
 from graphql_api.schema import schema
 from graphql_api.validation_errors import validation_error
-from models import api_keys
+from models import api_keys, tracing
 from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
@@ -198,6 +198,7 @@ def create_app(
             await cache.close()
             set_cache(None)
             await stop_database()
+            tracing.flush()  # nothing of this process runs after uvicorn returns
 
     async def graphql_context(connection: HTTPConnection) -> dict[str, Any]:
         # HTTPConnection: the same dependency serves HTTP requests and WebSocket subscriptions
@@ -265,6 +266,9 @@ def create_app(
     app.add_middleware(DatabaseUnavailable)
     # ...nor a request addressed to another name (added after those, so it runs before them).
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(settings, host))
-    # Counts and times every answer, refusals included (outermost).
+    # Counts and times every answer, refusals included (outermost but for tracing).
     app.add_middleware(RequestMetrics)
+    if tracing.TRACER is not None:
+        # A span around each request, whichever layer answers it (models/tracing.py).
+        tracing.add_http_middleware(app)
     return app

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from exec_service.authz import ON_BEHALF_OF
+from models import tracing
 from models.access import Forbidden, NotAuthenticated
 from models.db_unavailable import UNAVAILABLE_MESSAGE
 from models.errors import (
@@ -84,11 +85,13 @@ def parse_status(response: pb.WorkflowStatusResponse) -> dict[str, Any]:
 def channel(target: str, tls_ca: str | None = None) -> grpc.aio.Channel:
     """A channel to the execution service: TLS, verified against `tls_ca` (a PEM file), when
     given; plaintext otherwise (loopback, a unix socket, or a network you trust)."""
+    # With tracing on: a client span per call, its context sent along (models/tracing.py).
+    interceptors = tracing.grpc_client_interceptors()
     if tls_ca is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, interceptors=interceptors)
     with open(tls_ca, "rb") as pem:
         credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
-    return grpc.aio.secure_channel(target, credentials)
+    return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
 
 
 class ExecutionClient:

@@ -41,6 +41,13 @@ CLIENT_HOST = "test"
 FAST: dict[str, Any] = {"retry_base_seconds": 0.05, "lease_seconds": 5.0}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that run an app of their own in this process (tests/test_tracing.py's `saq_app`)
+    first: the ORM has one global context per process, and the session's `app` keeps it from
+    the first test that uses it to the end of the session."""
+    items.sort(key=lambda item: "saq_app" not in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Start the session's Ray before any test runs, if one will need it. Started late in a
     full run (this process already running gRPC servers and their threads, which Ray forks

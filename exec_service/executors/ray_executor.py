@@ -40,6 +40,7 @@ from exec_service import actions
 from exec_service.actions.builtin import describe, failed, failure
 from exec_service.executors import TaskInterrupted
 from exec_service.types import TaskRequest
+from models import tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,15 @@ class ActionRunner:
 
     async def run(self, request: TaskRequest) -> dict[str, Any]:
         """One attempt; never raises for the action's own failure."""
+        if "trace_context" not in request or not _tracing_here():
+            return await self._run(request)
+        # A child of the engine's attempt span, whose context the request carries.
+        with tracing.task_run_span(request, "ray") as span:
+            answer = await self._run(request)
+            tracing.answered(span, answer)
+            return answer
+
+    async def _run(self, request: TaskRequest) -> dict[str, Any]:
         try:
             action = actions.get(request["action"])
             output = await action(dict(request["parameters"]))
@@ -75,6 +85,24 @@ class ActionRunner:
         actions.available()
         await actions.get("noop")({})
         return True
+
+
+def _tracing_here() -> bool:
+    """Tracing in this actor's process, set up at its first traced call from the OTEL_*
+    variables its executor handed it. Never a reason to fail a task: without the extra here,
+    it says so once and runs untraced."""
+    global _TRACING_PROBLEM
+    if _TRACING_PROBLEM:
+        return False
+    try:
+        return tracing.configure("workflow-ray-actor")
+    except (tracing.TracingUnavailable, ValueError) as error:
+        _TRACING_PROBLEM = True
+        log.warning("this Ray actor runs tasks untraced: %s", error)
+        return False
+
+
+_TRACING_PROBLEM = False
 
 
 # Restarted when its process dies, with the calls it had pending retried (system failures);
@@ -101,10 +129,11 @@ class RayExecutor:
         resources = ray.cluster_resources()  # type: ignore[no-untyped-call]
         size = max(1, int(resources.get("CPU", self.num_cpus)))
         # num_cpus=0: an actor that mostly awaits I/O should not hold a CPU from other work.
-        self._pool = [
-            _RemoteActionRunner.options(num_cpus=0, max_concurrency=ACTOR_CONCURRENCY).remote()
-            for _ in range(size)
-        ]
+        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": ACTOR_CONCURRENCY}
+        if tracing.TRACER is not None:
+            # The actors export where this process does, however the cluster was started.
+            options["runtime_env"] = {"env_vars": tracing.environment()}
+        self._pool = [_RemoteActionRunner.options(**options).remote() for _ in range(size)]
         await asyncio.gather(*(actor.ping.remote() for actor in self._pool))
 
     async def _start_ray(self) -> None:
@@ -142,7 +171,7 @@ class RayExecutor:
             raise RuntimeError("RayExecutor.run() before start()")
         actor = self._pool[self._next % len(self._pool)]
         self._next += 1
-        ref = actor.run.remote(request)
+        ref = actor.run.remote(tracing.carry(request) if tracing.TRACER else request)
         try:
             result: dict[str, Any] = await ref
         except asyncio.CancelledError:

@@ -32,6 +32,7 @@ from exec_service.worker import (
     make_queue,
     make_worker,
 )
+from models import tracing
 from models.outages import Outage
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class SaqExecutor:
             # Says which attempt it is, and is unique without a syscall per job (SAQ's default
             # key, a uuid1, costs three; a random suffix per job costs one).
             key=f"{request['run_id']}.{request['attempt']}.{self._key_suffix}{next(self._jobs)}",
-            kwargs={"request": dict(request)},
+            # With the attempt's trace context when tracing is on (the worker's span joins it).
+            kwargs={"request": tracing.carry(request) if tracing.TRACER else dict(request)},
             # The engine enforces the task's timeout; SAQ's is a backstop a little later.
             timeout=math.ceil(timeout) + 5 if timeout else 0,
             heartbeat=HEARTBEAT_SECONDS,
