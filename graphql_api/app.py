@@ -14,7 +14,7 @@ from typing import Any, cast
 from cross_web import HTTPException
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import HTTPConnection
@@ -35,7 +35,7 @@ from graphql_api.loaders import executions_loader
 from graphql_api.request_metrics import RequestMetrics
 from graphql_api.schema import schema
 from graphql_api.validation_errors import validation_error
-from models import api_keys, tracing
+from models import api_keys, paced_json, tracing
 from models.access import ANONYMOUS
 from models.cache import make_cache, set_cache
 from models.db import start_database, stop_database
@@ -87,7 +87,30 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
     ) -> Response:
         if _is_request_error(response_data):
             sub_response.status_code = 400
-        return super().create_response(response_data, sub_response)
+        # As Strawberry's encode_json writes it, in pieces: a large answer (tens of MB) is
+        # encoded a slice at a time and streamed, so it never holds the loop in one go.
+        parts = paced_json.pieces(response_data, _compact_json)
+        head, complete = paced_json.first_slice(parts)
+        response: Response
+        if complete:
+            response = Response(head, media_type="application/json")
+        else:
+            response = StreamingResponse(
+                _streamed(head, paced_json.chunks(parts)), media_type="application/json"
+            )
+        response.status_code = sub_response.status_code or 200
+        response.headers.raw.extend(sub_response.headers.raw)
+        return response
+
+
+def _compact_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _streamed(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield head
+    async for chunk in rest:
+        yield chunk
 
 
 SUBSCRIPTION_OVER_HTTP = (

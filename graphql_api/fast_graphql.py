@@ -1,14 +1,17 @@
-"""The hottest GraphQL read, `{ workflow(id: ...) { ...fields, tasks { ... } } }`, answered
-without running the GraphQL executor.
+"""The hottest GraphQL reads, `{ workflow(id: ...) { ...fields, tasks { ... } } }` and
+`{ workflows(skip: ..., limit: ...) { ... } }`, answered without running the GraphQL executor.
 
 Executing a document field by field costs about a millisecond for one workflow with a few
-tasks, some 30 times what reading the cached workflow costs (benchmarks/bench_api.py shows it).
-This ASGI middleware recognises documents that only select plain fields of one workflow and its
-tasks (aliases and __typename allowed; no fragments, directives or other root fields), checks
-each once against the real schema and limits, remembers a plan per document text, and projects
-the cached workflow through the plan: the same data-layer read, and byte for byte the answer
-Strawberry gives (tests compare the two). Every other request goes on to Strawberry unchanged,
-as does any request the plan cannot answer (a bad id, a variable of the wrong type).
+tasks, some 30 times what reading the cached workflow costs (benchmarks/bench_api.py shows it);
+a page of 100 workflows of 1,000 tasks costs seconds and a million objects
+(benchmarks/bench_loop_block.py). This ASGI middleware recognises documents that only select
+plain fields of workflows and their tasks (aliases and __typename allowed; no fragments,
+directives or other root fields), checks each once against the real schema and limits,
+remembers a plan per document text, and projects the cached workflows through the plan: the
+same data-layer read, and byte for byte the answer Strawberry gives (tests compare the two). A
+page is decoded, projected and encoded a slice at a time (models/pacing.py). Every other
+request goes on to Strawberry unchanged, as does any request the plan cannot answer (a bad id
+or page, a variable of the wrong type).
 """
 
 from __future__ import annotations
@@ -38,9 +41,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graphql_api.inputs import parse_id
 from graphql_api.request_metrics import ROUTE
 from graphql_api.schema import LIMIT_RULES, MAX_TOKENS, schema
+from graphql_api.types import checked_page
+from models import paced_json
 from models import workflows as store
 from models.db_unavailable import database_unavailable
 from models.errors import NotFound, WorkflowError
+from models.pacing import due, next_turn
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +89,26 @@ class NotEligible(Exception):
     pass
 
 
+Selection = list[tuple[str, Render | list[tuple[str, Render]]]]
+# workflows(skip, limit) when not given, as the schema's defaults say.
+PAGE_DEFAULTS = {"skip": 0, "limit": 100}
+
+
 @dataclass(frozen=True)
 class Plan:
-    """How to answer one document: where the id comes from, and what to pick from the row."""
+    """How to answer one document: which workflows, and what to pick from each row."""
 
-    key: str  # the response key of the root field (its alias, or "workflow")
-    id_literal: str | None
-    id_variable: str | None
-    workflow: list[tuple[str, Render | list[tuple[str, Render]]]]
+    key: str  # the response key of the root field (its alias, or its name)
+    workflow: Selection
+    # workflow(id): the id, as a literal or a variable's name.
+    id_literal: str | None = None
+    id_variable: str | None = None
+    # workflows(skip, limit): None for workflow(id); else each argument as a literal int or
+    # a variable's name.
+    page: dict[str, int | str] | None = None
 
 
-def _project(
-    selection: list[tuple[str, Render | list[tuple[str, Render]]]], row: dict[str, Any]
-) -> dict[str, Any]:
+def _project(selection: Selection, row: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, render in selection:
         if isinstance(render, list):
@@ -142,17 +155,22 @@ def make_plan(query: str) -> Plan:
     if len(roots) != 1 or not isinstance(roots[0], FieldNode):
         raise NotEligible
     root = roots[0]
-    if root.name.value != "workflow" or root.directives or root.selection_set is None:
+    if root.name.value not in ("workflow", "workflows"):
         raise NotEligible
-    (argument,) = root.arguments or ()  # validation made sure of exactly one: id
-    literal, variable = None, None
-    if isinstance(argument.value, VariableNode):
-        variable = argument.value.name.value
-    elif isinstance(argument.value, StringValueNode | IntValueNode):
-        literal = argument.value.value
+    if root.directives or root.selection_set is None:
+        raise NotEligible
+    literal, variable, page = None, None, None
+    if root.name.value == "workflow":
+        (argument,) = root.arguments or ()  # validation made sure of exactly one: id
+        if isinstance(argument.value, VariableNode):
+            variable = argument.value.name.value
+        elif isinstance(argument.value, StringValueNode | IntValueNode):
+            literal = argument.value.value
+        else:
+            raise NotEligible
     else:
-        raise NotEligible
-    workflow: list[tuple[str, Render | list[tuple[str, Render]]]] = []
+        page = _page_arguments(root, operation)
+    workflow: Selection = []
     for selection in root.selection_set.selections:
         if not isinstance(selection, FieldNode):
             raise NotEligible
@@ -163,8 +181,28 @@ def make_plan(query: str) -> Plan:
             workflow.append((key, _fields(selection.selection_set.selections, TASK_FIELDS)))
         else:
             workflow.extend(_fields([selection], WORKFLOW_FIELDS))
-    key = root.alias.value if root.alias else "workflow"
-    return Plan(key=key, id_literal=literal, id_variable=variable, workflow=workflow)
+    key = root.alias.value if root.alias else root.name.value
+    return Plan(key, workflow, id_literal=literal, id_variable=variable, page=page)
+
+
+def _page_arguments(root: FieldNode, operation: OperationDefinitionNode) -> dict[str, int | str]:
+    """skip and limit of workflows(...): literal ints, or variables without defaults (a
+    variable's default is Strawberry's to apply)."""
+    page: dict[str, int | str] = dict(PAGE_DEFAULTS)
+    with_defaults = {
+        definition.variable.name.value
+        for definition in operation.variable_definitions or ()
+        if definition.default_value is not None
+    }
+    for argument in root.arguments or ():
+        value = argument.value
+        if isinstance(value, IntValueNode):
+            page[argument.name.value] = int(value.value)
+        elif isinstance(value, VariableNode) and value.name.value not in with_defaults:
+            page[argument.name.value] = value.name.value
+        else:
+            raise NotEligible
+    return page
 
 
 class FastGraphQLReads:
@@ -188,6 +226,8 @@ class FastGraphQLReads:
         return plan
 
     async def _answer_with(self, query: str, plan: Plan, variables: dict[str, Any]) -> bytes:
+        if plan.page is not None:
+            return await self._page(plan, variables)
         raw = plan.id_literal if plan.id_variable is None else variables.get(plan.id_variable)
         if isinstance(raw, bool) or not isinstance(raw, str | int):
             raise NotEligible
@@ -205,11 +245,32 @@ class FastGraphQLReads:
         if answer is None:
             row = orjson.loads(cached)
             data = {plan.key: None if row is None else _project(plan.workflow, row)}
-            answer = json.dumps({"data": data}, separators=(",", ":")).encode()
+            answer = _compact_json({"data": data}).encode()
             self._answers[key] = answer
             if len(self._answers) > PLAN_CACHE_SIZE:
                 self._answers.popitem(last=False)
         return answer
+
+    async def _page(self, plan: Plan, variables: dict[str, Any]) -> bytes:
+        assert plan.page is not None
+        arguments = {}
+        for name, given in plan.page.items():
+            value = variables.get(given) if isinstance(given, str) else given
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise NotEligible  # missing or mistyped: Strawberry says what is wrong
+            arguments[name] = value
+        try:
+            page = checked_page(arguments["skip"], arguments["limit"])
+        except WorkflowError:
+            raise NotEligible from None
+        rows = await paced_json.loads_list(await store.list_workflows_json(page.skip, page.limit))
+        projected = []
+        for row in rows:
+            projected.append(_project(plan.workflow, row))
+            if due():
+                await next_turn()
+        answer = await paced_json.dumps({"data": {plan.key: projected}}, _compact_json, 3)
+        return answer.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
@@ -252,6 +313,11 @@ class FastGraphQLReads:
             if not database_unavailable(exc):
                 log.exception("the GraphQL fast path failed; handing the request to Strawberry")
             return None
+
+
+def _compact_json(value: Any) -> str:
+    # As Strawberry's HTTP view encodes its answers.
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _header(scope: Scope, name: bytes) -> bytes:

@@ -124,3 +124,10 @@ def redact_url(url: str) -> str:
     creds, _, host = rest.rpartition("@")
     user = creds.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
+
+
+def placeholders(connection: Any, count: int) -> list[str]:
+    """`count` parameter marks in the connection's dialect, for hand-written SQL."""
+    if connection.capabilities.dialect == "postgres":
+        return [f"${index}" for index in range(1, count + 1)]
+    return ["?"] * count

@@ -15,7 +15,9 @@ from typing import Any
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
+from models import paced_json
 from models.cache import current_cache
+from models.db import placeholders
 from models.errors import TASK_NOT_FOUND, WORKFLOW_NOT_FOUND, Invalid, NotFound, shown
 from models.inputs import (
     INT32_MAX,
@@ -24,6 +26,7 @@ from models.inputs import (
     WorkflowCreate,
     WorkflowUpdate,
 )
+from models.pacing import due, next_turn
 from models.stages import stages
 from models.tables import Task, Workflow
 from models.templates import check_when, has_templates, parameter_references
@@ -43,9 +46,14 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def dumps_text(value: Any) -> str:
+    """JSON exactly as FastAPI's JSONResponse renders it (compact, no NaN), before UTF-8."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def dumps(value: Any) -> bytes:
     """JSON exactly as FastAPI's JSONResponse renders it (compact, UTF-8, no NaN)."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return dumps_text(value).encode()
 
 
 def task_dict(task: Task) -> dict[str, Any]:
@@ -90,12 +98,47 @@ def _valid_id(value: int) -> bool:
 
 async def _load_workflows(workflows: list[Workflow]) -> list[dict[str, Any]]:
     """Workflows with their tasks, in two queries whatever their number."""
-    by_workflow: dict[int, list[Task]] = {workflow.id: [] for workflow in workflows}
+    by_workflow: dict[int, list[dict[str, Any]]] = {workflow.id: [] for workflow in workflows}
     if workflows:
-        tasks = await Task.filter(workflow_id__in=list(by_workflow)).order_by("order", "id")
-        for task in tasks:
-            by_workflow[task.workflow_id].append(task)
-    return [workflow_dict(workflow, by_workflow[workflow.id]) for workflow in workflows]
+        connection = Task._meta.db
+        marks = ", ".join(placeholders(connection, len(by_workflow)))
+        _, rows = await connection.execute_query(_TASKS_OF.format(marks=marks), list(by_workflow))
+        # Rows as the driver gave them, made into dicts a slice at a time: a page of workflows
+        # of 1,000 tasks is 100,000 rows (models/pacing.py).
+        for row in rows:
+            by_workflow[row[0]].append(_task_row_dict(row))
+            if due():
+                await next_turn()
+    return [
+        workflow_dict(workflow, []) | {"tasks": by_workflow[workflow.id]} for workflow in workflows
+    ]
+
+
+# The tasks of several workflows, the columns as _task_row_dict reads them.
+_TASKS_OF = (
+    'SELECT workflow_id, id, name, description, "order", execution_type, parameters, action, '
+    "max_attempts, timeout_seconds, condition FROM tasks WHERE workflow_id IN ({marks}) "
+    'ORDER BY "order", id'
+)
+
+
+def _task_row_dict(row: Any) -> dict[str, Any]:
+    """task_dict of a row of _TASKS_OF (an asyncpg Record or a sqlite3.Row: read by index)."""
+    task = {
+        "name": row[2],
+        "description": row[3],
+        "order": row[4],
+        "execution_type": row[5],
+        "parameters": json.loads(row[6]),
+        "action": row[7],
+        "max_attempts": row[8],
+        "timeout_seconds": row[9],
+        "id": row[1],
+        "workflow_id": row[0],
+    }
+    if row[10] is not None:
+        task["when"] = row[10]
+    return task
 
 
 async def _load_workflow_json(workflow_id: int) -> bytes:
@@ -133,7 +176,8 @@ async def find_workflow(workflow_id: int) -> dict[str, Any] | None:
 
 async def _load_page_json(skip: int, limit: int) -> bytes:
     workflows = await Workflow.all().order_by("id").offset(skip).limit(limit)
-    return dumps(await _load_workflows(list(workflows)))
+    # One workflow at a time: a page of large workflows is tens of megabytes.
+    return (await paced_json.dumps(await _load_workflows(list(workflows)), dumps_text, 1)).encode()
 
 
 async def list_workflows_json(skip: int, limit: int) -> bytes:
@@ -146,8 +190,7 @@ async def list_workflows_json(skip: int, limit: int) -> bytes:
 
 
 async def list_workflows(skip: int, limit: int) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = json.loads(await list_workflows_json(skip, limit))
-    return result
+    return await paced_json.loads_list(await list_workflows_json(skip, limit))
 
 
 async def _invalidate(workflow_id: int) -> None:

@@ -14,12 +14,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from graphql_api.fast_graphql import make_plan
+from graphql_api.fast_graphql import FastGraphQLReads, make_plan
 from graphql_api.schema import schema
 
 FULL = """query($id: ID!) { workflow(id: $id) { id name description createdAt updatedAt
   tasks { id workflowId name description order executionType action parameters maxAttempts
           timeoutSeconds __typename } __typename } }"""
+
+FULL_PAGE = """{ workflows { id name description createdAt updatedAt maxConcurrentExecutions
+  tasks { id workflowId name description order executionType action parameters maxAttempts
+          timeoutSeconds when } __typename } }"""
 
 
 async def strawberry_answer(app: FastAPI, query: str, variables: dict[str, Any]) -> bytes:
@@ -66,6 +70,14 @@ async def workflow_id(client: httpx.AsyncClient) -> int:
         ('{ w: workflow(id: "{id}") { n: name t: tasks { o: order p: parameters } } }', {}),
         ('{ workflow(id: "2147483000") { id } }', {}),
         ("query Named($id: ID!) { workflow(id: $id) { id tasks { name } } }", {"id": "{id}"}),
+        (FULL_PAGE, {}),
+        ("{ workflows(limit: 3, skip: 0) { n: name } }", {}),
+        (
+            "query($s: Int!, $l: Int!) { ws: workflows(skip: $s, limit: $l) { id t: tasks "
+            "{ order } } }",
+            {"s": 0, "l": 100},
+        ),
+        ("query($s: Int!) { workflows(skip: $s) { id } }", {"s": 1_000_000}),
     ],
 )
 async def test_graphql_fast_path_answers_as_strawberry(
@@ -75,15 +87,29 @@ async def test_graphql_fast_path_answers_as_strawberry(
     query: str,
     variables: dict[str, Any],
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    answered: list[bytes] = []
+    original = FastGraphQLReads._answer_with
+
+    async def spied(self: FastGraphQLReads, *args: Any) -> bytes:
+        answer = await original(self, *args)
+        answered.append(answer)
+        return answer
+
+    monkeypatch.setattr(FastGraphQLReads, "_answer_with", spied)
     query = query.replace("{id}", str(workflow_id))
-    variables = {k: str(v).replace("{id}", str(workflow_id)) for k, v in variables.items()}
+    variables = {
+        k: v.replace("{id}", str(workflow_id)) if isinstance(v, str) else v
+        for k, v in variables.items()
+    }
     assert make_plan(query) is not None  # the fast path takes this one
     response = await client.post("/graphql", json={"query": query, "variables": variables})
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.content == await strawberry_answer(app, query, variables)
     # The fast path answered: it did not fail over to Strawberry.
+    assert answered == [response.content]
     assert not [r for r in caplog.records if r.name == "graphql_api.fast_graphql"]
 
 
@@ -103,6 +129,24 @@ def test_other_documents_go_to_strawberry(query: str) -> None:
 
     with pytest.raises(NotEligible):
         make_plan(query)
+
+
+@pytest.mark.parametrize(
+    "variables", [{"l": 101}, {"l": -1}, {"l": True}, {"l": "5"}, {}, {"l": None}, {"l": 2**40}]
+)
+async def test_bad_pages_get_strawberrys_errors(
+    client: httpx.AsyncClient, variables: dict[str, Any]
+) -> None:
+    query = "query($l: Int) { workflows(limit: $l) { id } }"
+    assert make_plan(query) is not None
+    response = await client.post("/graphql", json={"query": query, "variables": variables})
+    body = response.json()
+    if variables == {}:
+        # A variable left out: the argument's default applies, as Strawberry applies it.
+        assert body.get("errors") is None
+        assert isinstance(body["data"]["workflows"], list)
+    else:
+        assert body.get("errors"), (variables, body)
 
 
 async def test_bad_ids_get_strawberrys_errors(client: httpx.AsyncClient) -> None:
