@@ -83,21 +83,26 @@ async def dumps(value: Any, dump: Dump, depth: int = SPLIT_DEPTH) -> str:
 
 async def loads_list(data: bytes | str) -> list[Any]:
     """A JSON array, decoded item by item, taking turns with the loop between items."""
+    return [item async for item in items(data)]
+
+
+async def items(data: bytes | str) -> AsyncIterator[Any]:
+    """The items of a JSON array, decoded one at a time as they are asked for (each can be
+    dropped before the next is made), taking turns with the loop between items."""
     text = data.decode() if isinstance(data, bytes) else data
     position = _skip(text, 0)
     if text[position : position + 1] != "[":
         raise ValueError("not a JSON array")
     position = _skip(text, position + 1)
-    items: list[Any] = []
     if text[position : position + 1] == "]":
-        return items
+        return
     while True:
         item, position = _decoder.raw_decode(text, position)
-        items.append(item)
+        yield item
         position = _skip(text, position)
         following = text[position : position + 1]
         if following == "]":
-            return items
+            return
         if following != ",":
             raise ValueError(f"expected ',' or ']' at {position}")
         position = _skip(text, position + 1)
