@@ -201,6 +201,56 @@ def measure(url: str, args: argparse.Namespace) -> None:
             f"made in {time.monotonic() - started:.0f} s"
         )
         run(server, args)
+    asyncio.run(in_process(url, args))
+
+
+async def in_process(url: str, args: argparse.Namespace) -> None:
+    """The same reads through the app in this process, on the same database, with a task on
+    its loop that wakes every 5 ms: how late it wakes is how long the loop was held, the
+    figure the issue bounds (a health answer needs several turns of the loop, so it waits
+    for several slices of a read, not one)."""
+    from dataclasses import replace
+
+    from asgi_lifespan import LifespanManager
+
+    from graphql_api.app import EmbeddedExecution, create_app
+    from models.settings import Settings
+    from tests.live_server import free_port
+
+    settings = replace(Settings.from_env(), database_url=url, allowed_hosts=("bench",))
+    app = create_app(settings, EmbeddedExecution(executor="asyncio", port=free_port()))
+    held: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(0.005)
+            held.append(time.perf_counter() - started - 0.005)
+
+    async with LifespanManager(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+            watcher = asyncio.create_task(watch())
+            reads = {
+                "GraphQL workflows(limit: 100)": ("/graphql", WORKFLOWS_QUERY),
+                "GraphQL workflows, fragment": ("/graphql", WORKFLOWS_FRAGMENT_QUERY),
+                "GraphQL executions(limit: 100)": ("/graphql", EXECUTIONS_QUERY),
+            }
+            print(f"in process: {'read':40} {'read ms':>9} {'loop held ms':>13} {'> 100 ms':>9}")
+            for round_number in range(args.rounds):
+                for name, (path, query) in reads.items():
+                    await asyncio.sleep(0.2)
+                    held.clear()
+                    body = {"query": query, "variables": {"limit": 100}}
+                    started = time.perf_counter()
+                    answer = await http.post(path, json=body)
+                    took = time.perf_counter() - started
+                    answer.raise_for_status()
+                    longest = max(held, default=0.0) * 1000
+                    slow = sum(1 for seconds in held if seconds > SLOW_SECONDS)
+                    label = f"{name}, round {round_number + 1}"
+                    print(f"in process: {label:40} {took * 1000:>9.0f} {longest:>13.0f} {slow:>9}")
+            watcher.cancel()
 
 
 if __name__ == "__main__":
