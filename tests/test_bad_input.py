@@ -255,10 +255,11 @@ async def test_graphql_depth_limit(client: httpx.AsyncClient) -> None:
 async def test_graphql_unexpected_errors_are_masked(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def broken(skip: int, limit: int) -> list[dict[str, Any]]:
+    async def broken(skip: int, limit: int) -> bytes:
         raise RuntimeError('SELECT "secret" FROM workflows failed at /srv/app.py')
 
-    monkeypatch.setattr(store, "list_workflows", broken)
+    # Under both the fast path (which hands the request to Strawberry) and Strawberry itself.
+    monkeypatch.setattr(store, "list_workflows_json", broken)
     response = await gql(client, "{ workflows { id } }")
     assert response.status_code == 200
     assert response.json()["errors"][0]["message"] == "Unexpected error."
