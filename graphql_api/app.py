@@ -28,7 +28,7 @@ from graphql_api.auth import AuthenticatedTransportWS, Authentication
 from graphql_api.body_limit import BodySizeLimit
 from graphql_api.database_unavailable import DatabaseUnavailable
 from graphql_api.exec_client import ExecutionClient
-from graphql_api.fast_graphql import FastGraphQLReads
+from graphql_api.fast_graphql import FastGraphQLReads, answer_json
 from graphql_api.fast_reads import FastWorkflowReads
 from graphql_api.json_only import JsonOnly
 from graphql_api.loaders import executions_loader
@@ -89,7 +89,7 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
             sub_response.status_code = 400
         # As Strawberry's encode_json writes it, in pieces: a large answer (tens of MB) is
         # encoded a slice at a time and streamed, so it never holds the loop in one go.
-        parts = paced_json.pieces(response_data, _compact_json)
+        parts = paced_json.pieces(response_data, answer_json)
         head, complete = paced_json.first_slice(parts)
         response: Response
         if complete:
@@ -101,10 +101,6 @@ class GraphQLHTTPRouter(GraphQLRouter[Any, Any]):
         response.status_code = sub_response.status_code or 200
         response.headers.raw.extend(sub_response.headers.raw)
         return response
-
-
-def _compact_json(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
 
 
 async def _streamed(head: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -244,7 +244,7 @@ class FastGraphQLReads:
         if answer is None:
             row = orjson.loads(cached)
             data = {plan.key: None if row is None else _project(plan.workflow, row)}
-            answer = _compact_json({"data": data}).encode()
+            answer = answer_json({"data": data}).encode()
             self._answers[key] = answer
             if len(self._answers) > PLAN_CACHE_SIZE:
                 self._answers.popitem(last=False)
@@ -267,10 +267,10 @@ class FastGraphQLReads:
         # with the loop), and dropped before the next: a page of 100,000 tasks alive at once
         # would cost garbage-collector pauses of a tenth of a second.
         texts = [
-            _compact_json(_project(plan.workflow, row)) async for row in paced_json.items(cached)
+            answer_json(_project(plan.workflow, row)) async for row in paced_json.items(cached)
         ]
         # What json.dumps writes for {"data": {key: [...]}}, compact.
-        return ('{"data":{' + _compact_json(plan.key) + ":[" + ",".join(texts) + "]}}").encode()
+        return ('{"data":{' + answer_json(plan.key) + ":[" + ",".join(texts) + "]}}").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not (
@@ -315,8 +315,9 @@ class FastGraphQLReads:
             return None
 
 
-def _compact_json(value: Any) -> str:
-    # As Strawberry's HTTP view encodes its answers.
+def answer_json(value: Any) -> str:
+    """A GraphQL answer's JSON, as Strawberry's HTTP view encodes it (the HTTP view, app.py,
+    writes its own answers with this too)."""
     return json.dumps(value, separators=(",", ":"))
 
 

@@ -49,18 +49,46 @@ def now() -> datetime:
 
 
 def run_dict(run: TaskRun) -> dict[str, Any]:
-    return {
-        "task_id": run.task_id,
-        "name": run.name,
-        "order": run.order,
-        "status": run.status,
-        "attempts": run.attempts,
-        "started_at": iso(run.started_at),
-        "completed_at": iso(run.completed_at),
-        "output": run.output,
-        "error": run.error,
+    return _run_shape(
+        run.task_id,
+        run.name,
+        run.order,
+        run.status,
+        run.attempts,
+        iso(run.started_at),
+        iso(run.completed_at),
+        run.output,
+        run.error,
         # As the action received them once the task started; before, as written.
-        "parameters": run.rendered if run.rendered is not None else run.parameters,
+        run.rendered if run.rendered is not None else run.parameters,
+    )
+
+
+def _run_shape(
+    task_id: int,
+    name: str,
+    order: int,
+    status: str,
+    attempts: int,
+    started_at: str | None,
+    completed_at: str | None,
+    output: Any,
+    error: str | None,
+    parameters: Any,
+) -> dict[str, Any]:
+    """A task run as the API shows it, from a model (run_dict) or a row read by hand
+    (get_execution, list_executions): one shape for all three."""
+    return {
+        "task_id": task_id,
+        "name": name,
+        "order": order,
+        "status": status,
+        "attempts": attempts,
+        "started_at": started_at,
+        "completed_at": completed_at,
+        "output": output,
+        "error": error,
+        "parameters": parameters,
     }
 
 
@@ -148,18 +176,18 @@ async def get_execution(execution_id: int) -> dict[str, Any]:
         raise NotFound(EXECUTION_NOT_FOUND)
     first = rows[0]
     tasks = [
-        {
-            "task_id": row["task_id"],
-            "name": row["name"],
-            "order": row["order"],
-            "status": row["run_status"],
-            "attempts": row["attempts"],
-            "started_at": _moment(row["run_started_at"]),
-            "completed_at": _moment(row["run_completed_at"]),
-            "output": _json(row["output"]),
-            "error": row["run_error"],
-            "parameters": _json(row["run_parameters"]),
-        }
+        _run_shape(
+            row["task_id"],
+            row["name"],
+            row["order"],
+            row["run_status"],
+            row["attempts"],
+            _moment(row["run_started_at"]),
+            _moment(row["run_completed_at"]),
+            _json(row["output"]),
+            row["run_error"],
+            _json(row["run_parameters"]),
+        )
         for row in rows
         if row["task_id"] is not None
     ]
@@ -220,18 +248,18 @@ _RUNS_OF = (
 
 
 def _run_row_dict(row: Any) -> dict[str, Any]:
-    return {
-        "task_id": row[1],
-        "name": row[2],
-        "order": row[3],
-        "status": row[4],
-        "attempts": row[5],
-        "started_at": _moment(row[6]),
-        "completed_at": _moment(row[7]),
-        "output": _json(row[8]),
-        "error": row[9],
-        "parameters": _json(row[10]),
-    }
+    return _run_shape(
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        _moment(row[6]),
+        _moment(row[7]),
+        _json(row[8]),
+        row[9],
+        _json(row[10]),
+    )
 
 
 @dataclass

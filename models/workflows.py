@@ -57,21 +57,51 @@ def dumps(value: Any) -> bytes:
 
 
 def task_dict(task: Task) -> dict[str, Any]:
+    return _task_shape(
+        task.workflow_id,
+        task.id,
+        task.name,
+        task.description,
+        task.order,
+        task.execution_type,
+        task.parameters,
+        task.action,
+        task.max_attempts,
+        task.timeout_seconds,
+        task.condition,
+    )
+
+
+def _task_shape(
+    workflow_id: int,
+    id: int,
+    name: str,
+    description: str | None,
+    order: int,
+    execution_type: str,
+    parameters: Any,
+    action: str,
+    max_attempts: int,
+    timeout_seconds: float | None,
+    condition: str | None,
+) -> dict[str, Any]:
+    """A task as REST shows it, from a model (task_dict) or a row of _TASKS_OF (in its column
+    order): one shape for both, so the cached page and a write's answer cannot drift apart."""
     row = {
-        "name": task.name,
-        "description": task.description,
-        "order": task.order,
-        "execution_type": task.execution_type,
-        "parameters": task.parameters,
-        "action": task.action,
-        "max_attempts": task.max_attempts,
-        "timeout_seconds": task.timeout_seconds,
-        "id": task.id,
-        "workflow_id": task.workflow_id,
+        "name": name,
+        "description": description,
+        "order": order,
+        "execution_type": execution_type,
+        "parameters": parameters,
+        "action": action,
+        "max_attempts": max_attempts,
+        "timeout_seconds": timeout_seconds,
+        "id": id,
+        "workflow_id": workflow_id,
     }
     # Only when set: a task without one answers byte for byte as the original service did.
-    if task.condition is not None:
-        row["when"] = task.condition
+    if condition is not None:
+        row["when"] = condition
     return row
 
 
@@ -134,7 +164,7 @@ def _workflow_text(workflow: Workflow, tasks: list[dict[str, Any]]) -> str:
     return dumps_text(workflow_dict(workflow, []) | {"tasks": tasks})
 
 
-# The tasks of several workflows, the columns as _task_row_dict reads them.
+# The tasks of several workflows, the columns in _task_shape's order.
 _TASKS_OF = (
     'SELECT workflow_id, id, name, description, "order", execution_type, parameters, action, '
     "max_attempts, timeout_seconds, condition FROM tasks WHERE workflow_id IN ({marks}) "
@@ -144,21 +174,19 @@ _TASKS_OF = (
 
 def _task_row_dict(row: Any) -> dict[str, Any]:
     """task_dict of a row of _TASKS_OF (an asyncpg Record or a sqlite3.Row: read by index)."""
-    task = {
-        "name": row[2],
-        "description": row[3],
-        "order": row[4],
-        "execution_type": row[5],
-        "parameters": json.loads(row[6]),
-        "action": row[7],
-        "max_attempts": row[8],
-        "timeout_seconds": row[9],
-        "id": row[1],
-        "workflow_id": row[0],
-    }
-    if row[10] is not None:
-        task["when"] = row[10]
-    return task
+    return _task_shape(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        json.loads(row[6]),
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+    )
 
 
 async def _load_workflow_json(workflow_id: int) -> bytes:
